@@ -1,0 +1,1 @@
+"""PyTorch -> Flax weight converters (`python -m converters NAME ...`)."""

@@ -1,0 +1,40 @@
+"""Test fixtures: where the shared assets are, and skips when they are not."""
+
+import importlib.util
+import os
+
+import pytest
+
+from cgn_jax import paths
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  no_torch = importlib.util.find_spec("torch") is None
+  no_shared = not paths.shared_dir().is_dir()
+  for item in items:
+    if no_torch and "torch" in item.keywords:
+      item.add_marker(pytest.mark.skip(
+          reason="needs torch: pip install -e '.[test]'"))
+    if no_shared and "shared" in item.keywords:
+      item.add_marker(pytest.mark.skip(
+          reason=f"needs the shared assets at {paths.shared_dir()}; "
+          "set CGN_SHARED_DIR"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+  d = paths.shared_dir()
+  if not d.is_dir():
+    pytest.skip(f"shared assets not found at {d}; set CGN_SHARED_DIR")
+  return d
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+  """The real MNIST IDX folder (CGN_MNIST_DIR, else the shared copy)."""
+  d = paths.mnist_dir() or paths.shared_dir() / "data" / "mnist"
+  if not (d / "train-images-idx3-ubyte.gz").is_file():
+    pytest.skip(f"MNIST IDX files not found in {d}; set CGN_MNIST_DIR")
+  os.environ.setdefault("CGN_MNIST_DIR", str(d))
+  return d
