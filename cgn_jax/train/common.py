@@ -1,0 +1,242 @@
+"""What every trainer shares: mesh, checkpoints, metrics, progress, signals.
+
+Trainers (`cgn_mnist.py`, `classifier_mnist.py`, ...) keep their own state
+and step functions; this module owns the plumbing around them so that every
+trainer resumes, logs and stops the same way:
+
+* one-axis 'data' mesh: batches sharded over all devices, params replicated;
+* orbax checkpoints of the whole train state plus the grain iterator state,
+  written atomically (orbax finalises a step directory only when complete)
+  and restored automatically from the workdir;
+* metrics as JSON lines, with a non-finite check that names the step;
+* SIGTERM: finish the current step, save, exit cleanly.
+"""
+
+import json
+import math
+import os
+import pathlib
+import signal
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+
+P = jax.sharding.PartitionSpec
+
+
+# ---------------------------------------------------------------- sharding --
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A one-axis mesh named 'data' over every device (all hosts)."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_sharding(mesh) -> jax.sharding.NamedSharding:
+  """Leading (batch) axis split over 'data'."""
+  return jax.sharding.NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, P())
+
+
+def shard_batch(batch, mesh):
+  """Host-local numpy batch -> global jax arrays sharded on the batch axis.
+
+  Each process passes its own shard of the global batch (the grain pipeline
+  already takes `process_index`'s share).
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch)
+
+
+def check_global_batch(batch_size: int) -> None:
+  """The global batch must split evenly over the devices."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise ValueError(
+        f"batch_size {batch_size} is not divisible by the {n} devices; set "
+        f"--config.batch_size to a multiple of {n}")
+
+
+# -------------------------------------------------------------- checkpoints --
+
+
+class Checkpointer:
+  """Orbax checkpoints of `{state, data iterator, meta}` in WORKDIR/checkpoints.
+
+  Saving is synchronous: a save returns only when the step directory is
+  final, so a SIGTERM handler can save and exit. Orbax writes each step to a
+  temporary directory and renames it when complete, so an interrupted save
+  never replaces the last good checkpoint.
+  """
+
+  def __init__(self, workdir, max_to_keep: int = 2):
+    self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state, data_iterator=None,
+           meta: Mapping[str, Any] | None = None) -> None:
+    import grain  # pylint: disable=g-import-not-at-top
+    args = {"state": ocp.args.StandardSave(state),
+            "meta": ocp.args.JsonSave(dict(meta or {}, step=int(step)))}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._mngr.save(int(step), args=ocp.args.Composite(**args), force=True)
+    self._mngr.wait_until_finished()
+
+  def restore(self, abstract_state, data_iterator=None):
+    """Restores the latest step into the structure of `abstract_state`.
+
+    Args:
+      abstract_state: a state tree (arrays or ShapeDtypeStructs with
+        shardings) giving structure, dtypes and placement.
+      data_iterator: a grain iterator whose position is restored in place.
+
+    Returns:
+      (state, meta) or None when the workdir has no checkpoint.
+    """
+    import grain  # pylint: disable=g-import-not-at-top
+    step = self._mngr.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    args = {"state": ocp.args.StandardRestore(abstract),
+            "meta": ocp.args.JsonRestore()}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(
+          f"checkpoint {self.directory / str(step)} could not be restored "
+          f"({type(e).__name__}: {e}). It is corrupt or from another config: "
+          "delete that step directory to fall back to the previous one, or "
+          "use a fresh --workdir.") from e
+    logging.info("restored checkpoint step %d from %s", step, self.directory)
+    return restored["state"], restored["meta"]
+
+  def close(self):
+    self._mngr.close()
+
+
+# ------------------------------------------------------------------ metrics --
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A logged loss became NaN or Inf; training stopped."""
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to WORKDIR/metrics.jsonl."""
+
+  def __init__(self, workdir):
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    record = {"step": int(step)}
+    record.update({k: float(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def check_finite(step: int, metrics: Mapping[str, Any],
+                 checkpoint_dir=None) -> None:
+  """Raises NonFiniteLossError naming the step and the offending metrics."""
+  bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+  if bad:
+    where = (f"; the last good checkpoint is kept in {checkpoint_dir}"
+             if checkpoint_dir else "")
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step}: {', '.join(bad)}{where}. Lower the "
+        "learning rate or check the inputs.")
+
+
+def write_json(path, obj) -> None:
+  """Writes JSON atomically (temporary file + rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------- signals --
+
+
+class StopSignal:
+  """Turns SIGTERM into a flag the training loop polls between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning("signal %d: saving a checkpoint and stopping", signum)
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+# ------------------------------------------------------------------- images --
+
+
+def save_image_grid(path, images, nrow: int, *, normalize: str = "range",
+                    scale: int = 1, padding: int = 2) -> None:
+  """Writes images [N, H, W, C] (C = 1 or 3) as one PNG grid, `nrow` per row.
+
+  Args:
+    path: output PNG.
+    images: float array; values in [-1, 1] when `normalize='range'`, any
+      range with `normalize='minmax'` (per-grid min-max, as upstream sheets).
+    nrow: images per row.
+    scale: nearest upsampling factor (upstream shows 32px digits at 64px).
+    padding: pixels between images.
+  """
+  x = np.asarray(images, np.float32)
+  if normalize == "minmax":
+    x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+  else:
+    x = (x + 1.0) / 2.0
+  x = np.clip(x, 0.0, 1.0)
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  if scale > 1:
+    x = x.repeat(scale, axis=1).repeat(scale, axis=2)
+  n, h, w, c = x.shape
+  rows = -(-n // nrow)
+  grid = np.ones((rows * (h + padding) + padding,
+                  nrow * (w + padding) + padding, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, nrow)
+    y0, x0 = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y0:y0 + h, x0:x0 + w] = x[i]
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(path)
