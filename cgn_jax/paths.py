@@ -32,11 +32,25 @@ def upstream_dir() -> pathlib.Path:
 
 
 def textures_dir() -> pathlib.Path:
-  """Wildlife-MNIST textures (`CGN_TEXTURES_DIR`, else the upstream copy)."""
+  """Wildlife-MNIST textures.
+
+  `CGN_TEXTURES_DIR` if set; else the upstream copy in the shared folder when
+  it exists; else a per-user cache that `cgn_jax.data.textures` fills on
+  first use.
+  """
   env = os.environ.get("CGN_TEXTURES_DIR")
   if env:
     return pathlib.Path(env).expanduser().resolve()
-  return upstream_dir() / "textures"
+  shared = upstream_dir() / "textures"
+  if shared.is_dir():
+    return shared
+  return cache_dir() / "textures"
+
+
+def cache_dir() -> pathlib.Path:
+  """Downloads land here (`CGN_CACHE_DIR`, default ~/.cache/cgn_jax)."""
+  env = os.environ.get("CGN_CACHE_DIR")
+  return pathlib.Path(env or "~/.cache/cgn_jax").expanduser().resolve()
 
 
 def reference_dir() -> pathlib.Path:

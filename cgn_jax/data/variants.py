@@ -43,6 +43,7 @@ from PIL import Image
 
 from cgn_jax import paths
 from cgn_jax.data import mnist
+from cgn_jax.data import textures
 
 VARIANTS = ("colored", "double_colored", "wildlife")
 SPLITS = ("train", "test")
@@ -164,8 +165,12 @@ def load_textures(textures_dir: os.PathLike | None = None
   Raises:
     FileNotFoundError: the folder does not hold ten JPEGs in each subfolder.
   """
-  d = pathlib.Path(textures_dir or paths.textures_dir())
-  return _load_textures(str(d))
+  if textures_dir is None:
+    textures_dir = paths.textures_dir()
+    if textures_dir == paths.cache_dir() / "textures" and not (
+        textures.is_complete(textures_dir)):
+      textures.download(textures_dir)
+  return _load_textures(str(pathlib.Path(textures_dir)))
 
 
 @functools.lru_cache(maxsize=4)
