@@ -1,11 +1,27 @@
 """Test fixtures: where the shared assets are, and skips when they are not."""
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
 import pytest
 
 from cgn_jax import paths
+
+
+def pytest_configure(config):
+  """Builds TFDS datasets in a private folder unless CGN_TFDS_DIR is set.
+
+  A stale build in the user's ~/tensorflow_datasets must not decide a test,
+  and tests must not write there.
+  """
+  del config
+  if "CGN_TFDS_DIR" not in os.environ:
+    d = tempfile.mkdtemp(prefix="cgn_tfds_")
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    os.environ["CGN_TFDS_DIR"] = d
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,4 +53,14 @@ def mnist_dir():
   if not (d / "train-images-idx3-ubyte.gz").is_file():
     pytest.skip(f"MNIST IDX files not found in {d}; set CGN_MNIST_DIR")
   os.environ.setdefault("CGN_MNIST_DIR", str(d))
+  return d
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(mnist_dir):
+  """The session's TFDS data dir with cgn_mnist prepared (once per session)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from cgn_jax.data import mnist  # pylint: disable=g-import-not-at-top
+  d = pathlib.Path(os.environ["CGN_TFDS_DIR"])
+  mnist.prepare(d, mnist_dir)
   return d

@@ -17,24 +17,13 @@ TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-@pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory, mnist_dir):
-  """A TFDS data dir with cgn_mnist prepared once per session.
-
-  The path is fixed under the session's base temp so that test_pipeline.py
-  reuses the same prepared copy (TFDS skips a dataset already there).
-  """
-  d = tmp_path_factory.getbasetemp() / "cgn_tfds"
-  mnist.prepare(d, mnist_dir)
-  return d
-
 
 # ---------------------------------------------------------------- MNIST
 
 
 @pytest.mark.shared
 def test_builder_prepares_real_mnist(tfds_dir, mnist_dir):
-  files = sorted(p.name for p in (tfds_dir / "cgn_mnist" / "1.0.0").iterdir())
+  files = sorted(p.name for p in (tfds_dir / "cgn_mnist" / str(mnist.CgnMnist.VERSION)).iterdir())
   assert any(".array_record-" in f for f in files), files
   for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
     digits, labels = mnist.load_mnist(split, tfds_dir)

@@ -11,13 +11,6 @@ from cgn_jax.data import pipeline
 from cgn_jax.data import variants
 
 
-@pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory, mnist_dir):
-  # Same folder as test_data.py's fixture: MNIST is prepared once a session.
-  d = tmp_path_factory.getbasetemp() / "cgn_tfds"
-  mnist.prepare(d, mnist_dir)
-  return d
-
 
 def _toy(n=50):
   digits = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones(

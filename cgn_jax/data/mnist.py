@@ -193,8 +193,11 @@ def read_idx(path: os.PathLike) -> np.ndarray:
 class CgnMnist(tfds.core.GeneratorBasedBuilder):
   """Official MNIST as uint8 [28, 28] digits and int labels (no TF needed)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "IDX files read with numpy; Tensor features."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "IDX files read with numpy; Tensor features.",
+      "1.1.0": "Images stored as raw bytes (fast decode); IDX order kept.",
+  }
 
   def __init__(self, *, mnist_dir: os.PathLike | None = None, **kwargs):
     """Builder.
