@@ -1,0 +1,225 @@
+"""The MNIST CGN trainer through train.py: runs, resumes, shards, fails well.
+
+Runs the real entry point in-process (absl flags re-parsed per run) on the
+`:smoke` configs with real MNIST digits, so it needs the shared assets.
+Compiles dominate the cost, so the tests share compiled steps: the trainer
+caches its jitted step per static configuration.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from absl import flags
+from cgn_jax.train import cgn_mnist as trainer
+from cgn_jax.train import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+pytestmark = pytest.mark.shared
+
+CONFIGS = ("colored", "double_colored", "wildlife")
+G_TERMS = ("g_adv", "g_binary", "g_style", "g_total")
+D_TERMS = ("d_real", "d_fake", "d_total")
+
+
+@pytest.fixture(autouse=True)
+def _mnist(mnist_dir):
+  del mnist_dir  # sets CGN_MNIST_DIR
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+  # XLA's optimisation passes are most of these tests' time; the checks are
+  # about behaviour (bitwise resume compares two runs of the same program).
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def run_train(variant: str, workdir, *overrides: str, arg: str = "smoke"):
+  """`python train.py --config=configs/cgn_{variant}_mnist.py:ARG ...`."""
+  config = ROOT / "configs" / f"cgn_{variant}_mnist.py"
+  argv = ["train.py", f"--config={config}:{arg}", f"--workdir={workdir}",
+          *overrides]
+  # config_flags reads its --config.x overrides from sys.argv.
+  saved, sys.argv = sys.argv, argv
+  try:
+    # Forget the previous run: its values and the --config.x flags that
+    # config_flags registered while parsing it.
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+      delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    train.main(flags.FLAGS(argv))
+  finally:
+    sys.argv = saved
+
+
+def saved_state(workdir, step: int):
+  """The checkpointed train state of `step` as a tree of numpy arrays."""
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  with ocp.StandardCheckpointer() as ckptr:
+    return jax.tree.map(np.asarray, ckptr.restore(path))
+
+
+def read_metrics(workdir):
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
+def test_resume_is_bitwise_and_step_traced_once(tmp_path, monkeypatch):
+  # Trace counting wraps the pure step before it is jitted; the cache clear
+  # makes this test compile its own copy (later tests reuse it: same key).
+  trainer.compiled_steps.cache_clear()
+  monkeypatch.setattr(trainer, "train_step",
+                      chex.assert_max_traces(trainer.train_step, n=1))
+  k = 2
+  run_train("wildlife", tmp_path / "straight",
+            f"--config.num_train_steps={2 * k}")
+  run_train("wildlife", tmp_path / "resumed")  # :smoke stops after k steps
+  assert (tmp_path / "resumed" / "results.json").is_file()
+  run_train("wildlife", tmp_path / "resumed",
+            f"--config.num_train_steps={2 * k}")
+  # Three runs and 8 steps, one trace: resuming reuses the compiled step.
+  straight = saved_state(tmp_path / "straight", 2 * k)
+  resumed = saved_state(tmp_path / "resumed", 2 * k)
+  assert int(resumed["step"]) == 2 * k
+  chex.assert_trees_all_equal(straight, resumed)  # bitwise
+  results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+  assert results["step"] == 2 * k and results["started_from"] == "checkpoint"
+
+
+@pytest.mark.parametrize("variant", CONFIGS)
+def test_smoke_config_trains_two_steps(variant, tmp_path):
+  run_train(variant, tmp_path)
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["step"] == results["num_steps"] == 2
+  losses = results["final_losses"]
+  assert set(G_TERMS + D_TERMS) <= set(losses)
+  assert all(np.isfinite(v) for v in losses.values())
+  metrics = read_metrics(tmp_path)
+  assert [m["step"] for m in metrics if "g_adv" in m] == [1, 2]
+  assert "steps_per_second" in metrics[-1]
+  sheets = sorted((tmp_path / "samples").glob("*.png"))
+  names = {p.name for p in sheets}
+  assert {f"0000002_{n}.png" for n in ("x_gen", "mask", "foreground",
+                                        "background", "sheet")} == names
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  # 10 class rows of 3 images at 64 px with 2 px padding (upstream's sheet).
+  assert Image.open(tmp_path / "samples" / "0000002_x_gen.png").size == (
+      3 * 66 + 2, 10 * 66 + 2)
+  # The combined sheet: per class row, 3 x_gen | 3 masks | 3 fg | 3 bg.
+  sheet = np.asarray(Image.open(tmp_path / "samples" / "0000002_sheet.png"))
+  assert sheet.shape == (10 * 66 + 2, 12 * 66 + 2, 3)
+  masks = sheet[:, 2 + 3 * 66:6 * 66].astype(int)  # grey: R = G = B
+  assert (masks == masks[..., :1]).all()
+  assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_unknown_config_field_fails(tmp_path):
+  with pytest.raises(AttributeError, match="bogus"):
+    run_train("wildlife", tmp_path, "--config.bogus=1")
+  with pytest.raises(flags.Error, match="unknown config argument 'bogus'"):
+    run_train("wildlife", tmp_path, arg="smoke,bogus")
+
+
+def test_missing_vgg16_weights_say_how_to_get_them(tmp_path):
+  missing = tmp_path / "no_vgg16_here"
+  with pytest.raises(FileNotFoundError,
+                     match=r"(?s)no_vgg16_here.*python -m converters vgg16"):
+    run_train("colored", tmp_path / "w",
+              f"--config.perceptual.vgg16={missing}")
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  # lr 1e30: step 1's loss is finite, its update blows the weights up, and
+  # step 2's loss is not; the step-1 checkpoint must survive untouched.
+  with pytest.raises(common.NonFiniteLossError,
+                     match=r"non-finite loss at step 2: .*d_"):
+    run_train("colored", tmp_path, "--config.optim.lr=1e30",
+              "--config.perceptual.vgg16=none", "--config.ckpt_every_steps=1",
+              "--config.num_train_steps=3")
+  assert common.Checkpointer(tmp_path).latest_step() == 1
+  assert not (tmp_path / "results.json").exists()
+
+
+_TWO_DEVICES = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {root!r})
+    jax.config.update("jax_disable_most_optimizations", True)
+    from configs import cgn_colored_mnist
+    from cgn_jax.train import cgn_mnist as trainer
+    from cgn_jax.train import common
+    assert jax.device_count() == 2, jax.devices()
+    config = cgn_colored_mnist.get_config("smoke")
+    models = trainer.create_models(config, with_vgg=False)
+    lc = trainer.LossConfig.from_config(config, with_style=False)
+    rng = np.random.default_rng(0)
+    host = {{"digits": rng.integers(0, 256, (1, 4, 28, 28), np.uint8),
+             "label": np.array([[0, 3, 7, 9]], np.int32)}}
+    out = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+      state = jax.device_put(
+          trainer.create_train_state(config, models, jax.random.PRNGKey(0)),
+          common.replicated(mesh))
+      steps = trainer.compiled_steps(models, lc, trainer.renderer("colored"),
+                                     mesh)
+      batch = trainer.shard_stacked(host, mesh)
+      assert len(batch["label"].sharding.device_set) == len(devices)
+      state, metrics = steps(state, batch, None)
+      out.append(jax.device_get((state, metrics)))
+    (s1, m1), (s2, m2) = out
+    def diff(a, b):
+      return max(jax.tree.leaves(jax.tree.map(
+          lambda x, y: float(np.max(np.abs(x - y), initial=0)), a, b)))
+    def scale(a):
+      return max(float(np.max(np.abs(x), initial=0))
+                 for x in jax.tree.leaves(a))
+    print(json.dumps({{
+        "metrics": diff(m1, m2),
+        "batch_stats": diff(s1.g_batch_stats, s2.g_batch_stats),
+        "grads": max(diff(s1.g_opt_state[0].mu, s2.g_opt_state[0].mu)
+                     / scale(s1.g_opt_state[0].mu),
+                     diff(s1.d_opt_state[0].mu, s2.d_opt_state[0].mu)
+                     / scale(s1.d_opt_state[0].mu)),
+        "params": diff((s1.g_params, s1.d_params),
+                       (s2.g_params, s2.d_params)),
+        "lr": config.optim.lr}}))
+""")
+
+
+def test_two_device_mesh_matches_one_device(mnist_dir):
+  del mnist_dir
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run(
+      [sys.executable, "-c", _TWO_DEVICES.format(root=str(ROOT))],
+      env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  diff = json.loads(proc.stdout.strip().splitlines()[-1])
+  # Same math, another reduction order over the two shards: losses, BN
+  # statistics and gradients (Adam's first moment, relative to its largest
+  # entry) agree to float32 rounding.
+  assert diff["metrics"] < 1e-5, diff
+  assert diff["batch_stats"] < 1e-5, diff
+  assert diff["grads"] < 1e-4, diff
+  # Adam's first step moves every weight by ±lr·g/|g|: a gradient that
+  # rounds across zero could flip a sign, never more than 2·lr.
+  assert diff["params"] <= 2 * diff["lr"] + 1e-6, diff
