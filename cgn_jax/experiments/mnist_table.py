@@ -68,6 +68,10 @@ def find_cgn(cgn_dir, variant: str) -> pathlib.Path:
       f"--output {cgn_dir / variant}`")
 
 
+class Interrupted(RuntimeError):
+  """A stage was stopped by a signal (its checkpoint is saved)."""
+
+
 def run_variant(variant: str, args) -> dict:
   """Generates and trains both settings for one variant; returns results."""
   from cgn_jax import counterfactuals  # pylint: disable=g-import-not-at-top
@@ -100,6 +104,12 @@ def run_variant(variant: str, args) -> dict:
     c.test_subset = args.test_subset
     c.num_real = args.num_real
     results = classifier_mnist.train_and_evaluate(c, root / name)
+    if len(results["epochs"]) < c.epochs:
+      # The trainer saved and returned early (SIGTERM): stop the whole table
+      # instead of moving on; every stage resumes when the command reruns.
+      raise Interrupted(
+          f"{variant}/{name} stopped after {len(results['epochs'])} of "
+          f"{c.epochs} epochs; rerun the same command to resume")
     last = results["epochs"][-1]
     out[name] = {"train_accuracy": 100 * last["train_accuracy"],
                  "test_accuracy": 100 * last["test_accuracy"],
@@ -167,8 +177,12 @@ def main(argv=None) -> int:
     raise SystemExit(f"unknown variants {bad}; choose from {VARIANTS}")
   workdir = pathlib.Path(args.workdir)
   results = {}
-  for v in variants:
-    results[v] = run_variant(v, args)
+  try:
+    for v in variants:
+      results[v] = run_variant(v, args)
+  except Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    return 143  # 128 + SIGTERM, as a shell reports a terminated job
   markdown, rows = make_table(results, args)
   print(markdown)
   (workdir / "mnist_table.md").write_text(markdown)
