@@ -64,3 +64,19 @@ def tfds_dir(mnist_dir):
   d = pathlib.Path(os.environ["CGN_TFDS_DIR"])
   mnist.prepare(d, mnist_dir)
   return d
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """Turns off most XLA optimisations for one test module.
+
+  On CPU, XLA's optimisation passes dominate the compile time of these
+  checks, and float32 results stay within every tolerance used here.
+  Modules opt in with `pytestmark = pytest.mark.usefixtures('fast_compile')`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  flag = "jax_disable_most_optimizations"
+  old = jax.config.read(flag)
+  jax.config.update(flag, True)
+  yield
+  jax.config.update(flag, old)

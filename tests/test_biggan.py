@@ -22,17 +22,8 @@ from converters import common
 torch = pytest.importorskip("torch")
 ppb = pytest.importorskip("pytorch_pretrained_biggan")
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("fast_compile")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # XLA's CPU optimisation passes dominate this file's run time; float32
-  # results stay within the parity tolerance without them.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
 
 
 def _torch_model(config, seed=0):

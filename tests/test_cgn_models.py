@@ -10,6 +10,9 @@ from cgn_jax.models import cgn as cgn_lib
 from cgn_jax.models import composer
 from cgn_jax.models import discriminators as disc_lib
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 B = 8
 
 
@@ -36,15 +39,6 @@ def test_cgn_submodule_parameter_counts():
   assert counts == {"label_emb": 100, "f_shape": 194_914,
                     "f_text1": 232_489, "f_text2": 232_489}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # Compile time dominates these small checks; the results are unaffected.
-  flag = "jax_disable_most_optimizations"
-  old = jax.config._read(flag)  # pylint: disable=protected-access
-  jax.config.update(flag, True)
-  yield
-  jax.config.update(flag, old)
 
 
 @pytest.fixture(scope="module")

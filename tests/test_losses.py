@@ -10,14 +10,8 @@ from cgn_jax import losses
 from cgn_jax.models import cgn as cgn_lib
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # Compile time dominates these small checks; the results are unaffected.
-  flag = "jax_disable_most_optimizations"
-  old = jax.config._read(flag)  # pylint: disable=protected-access
-  jax.config.update(flag, True)
-  yield
-  jax.config.update(flag, old)
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def test_binary_entropy_in_bits():

@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.usefixtures("fast_compile")]
 
 CONFIGS = ("colored", "double_colored", "wildlife")
 G_TERMS = ("g_adv", "g_binary", "g_style", "g_total")
@@ -38,16 +38,6 @@ D_TERMS = ("d_real", "d_fake", "d_total")
 @pytest.fixture(autouse=True)
 def _mnist(mnist_dir):
   del mnist_dir  # sets CGN_MNIST_DIR
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  # XLA's optimisation passes are most of these tests' time; the checks are
-  # about behaviour (bitwise resume compares two runs of the same program).
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def run_train(variant: str, workdir, *overrides: str, arg: str = "smoke"):

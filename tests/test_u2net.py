@@ -28,7 +28,7 @@ from converters import __main__ as converter_cli
 from converters import common
 from converters import u2net as converter
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("fast_compile")]
 # Without torch (the test extra) or the reference, the module is skipped.
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -36,15 +36,6 @@ ref_model = pytest.importorskip("u2net_fast.model")
 
 _TOL = 1e-4  # max-abs error on every output (float32)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # XLA's optimisation passes dominate CPU compile time of these big graphs
-  # and do not change what is checked (float32 results within 1e-6).
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.fixture(scope="module")
