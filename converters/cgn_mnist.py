@@ -121,16 +121,11 @@ def convert(state_dict: Mapping[str, np.ndarray],
     table[key] = (path, shape)
   given = {k: v for k, v in state_dict.items()
            if not any(r.fullmatch(k) for r in _IGNORED)}
-  missing = sorted(set(table) - set(given))
-  unexpected = sorted(set(given) - set(table))
-  misshaped = sorted(
-      f"{k}: checkpoint {tuple(np.shape(given[k]))} vs model {table[k][1]}"
-      for k in set(table) & set(given)
-      if tuple(np.shape(given[k])) != table[k][1])
-  if missing or unexpected or misshaped:
+  mismatch = common.key_mismatch({k: np.shape(v) for k, v in given.items()},
+                                 {k: s for k, (_, s) in table.items()})
+  if any(mismatch):
     raise common.ConversionError(common.mismatch_message(
-        "the MNIST CGN (cgn_jax.models.cgn.CGN)", missing, unexpected,
-        misshaped))
+        "the MNIST CGN (cgn_jax.models.cgn.CGN)", *mismatch))
   variables = {}
   for key, (path, _) in table.items():
     _set(variables, path, _convert_leaf(path, given[key], model))

@@ -89,13 +89,27 @@ def check_tree(converted, reference, what: str) -> None:
           for p, x in jax.tree_util.tree_leaves_with_path(converted)}
   ref = {jax.tree_util.keystr(p): tuple(x.shape)
          for p, x in jax.tree_util.tree_leaves_with_path(reference)}
-  missing = sorted(set(ref) - set(conv))
-  unexpected = sorted(set(conv) - set(ref))
-  misshaped = sorted(f"{k}: checkpoint {conv[k]} vs model {ref[k]}"
-                     for k in set(conv) & set(ref) if conv[k] != ref[k])
-  if missing or unexpected or misshaped:
-    raise ConversionError(mismatch_message(what, missing, unexpected,
-                                           misshaped))
+  mismatch = key_mismatch(conv, ref)
+  if any(mismatch):
+    raise ConversionError(mismatch_message(what, *mismatch))
+
+
+def key_mismatch(given: Mapping[str, tuple], expected: Mapping[str, tuple]):
+  """Compares two key -> shape tables.
+
+  Returns:
+    (missing, unexpected, misshaped): sorted lists of the expected keys that
+    are absent, the given keys that are not expected, and 'key: checkpoint
+    SHAPE vs model SHAPE' for keys present in both with different shapes.
+  """
+  given = {k: tuple(s) for k, s in given.items()}
+  expected = {k: tuple(s) for k, s in expected.items()}
+  missing = sorted(set(expected) - set(given))
+  unexpected = sorted(set(given) - set(expected))
+  misshaped = sorted(
+      f"{k}: checkpoint {given[k]} vs model {expected[k]}"
+      for k in set(given) & set(expected) if given[k] != expected[k])
+  return missing, unexpected, misshaped
 
 
 def mismatch_message(what, missing=(), unexpected=(), misshaped=()) -> str:

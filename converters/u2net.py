@@ -70,11 +70,7 @@ def _mismatch(state_dict, variant):
   want = expected_keys(variant)
   have = {k: tuple(np.shape(v)) for k, v in state_dict.items()
           if not k.endswith("num_batches_tracked")}
-  missing = sorted(set(want) - set(have))
-  unexpected = sorted(set(have) - set(want))
-  misshaped = sorted(f"{k}: checkpoint {have[k]} vs model {want[k]}"
-                     for k in set(want) & set(have) if want[k] != have[k])
-  return missing, unexpected, misshaped
+  return common.key_mismatch(have, want)
 
 
 def check_state_dict(state_dict: Mapping[str, np.ndarray],

@@ -58,15 +58,11 @@ def convert(state_dict: Mapping[str, np.ndarray]) -> dict:
     expected[f"features.{idx}.bias"] = ((name, "bias"), (o,))
   given = {k: v for k, v in state_dict.items()
            if not any(r.fullmatch(k) for r in _IGNORED)}
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  misshaped = sorted(
-      f"{k}: checkpoint {tuple(np.shape(given[k]))} vs model {expected[k][1]}"
-      for k in set(expected) & set(given)
-      if tuple(np.shape(given[k])) != expected[k][1])
-  if missing or unexpected or misshaped:
+  mismatch = common.key_mismatch({k: np.shape(v) for k, v in given.items()},
+                                 {k: s for k, (_, s) in expected.items()})
+  if any(mismatch):
     raise common.ConversionError(common.mismatch_message(
-        "torchvision VGG16 features", missing, unexpected, misshaped))
+        "torchvision VGG16 features", *mismatch))
   params = {}
   for key, ((name, leaf), _) in expected.items():
     v = np.asarray(given[key], np.float32)
