@@ -37,7 +37,7 @@ def _config(variant: str, batch: int, steps_per_call: int = 1):
 
 def _trainer(config):
   """(jitted steps, state, VGG params, mesh) as `train_and_evaluate` builds."""
-  vgg = trainer.load_vgg_params(config.perceptual.vgg16)
+  vgg = trainer.load_vgg_variables(config.perceptual.vgg16)
   models = trainer.create_models(config, with_vgg=True)
   lc = trainer.LossConfig.from_config(config, with_style=True)
   mesh = common.make_mesh()

@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks.harness import Benchmark
 from cgn_jax import counterfactuals as cf
 from cgn_jax.models import cgn as cgn_lib
+from cgn_jax.train import common
 
 
 def _cf_setup(dtype, cfs, shapes_per_block, blocks_per_call):
@@ -41,12 +42,14 @@ def _classifier_setup(batch: int, steps: int):
     config = cfg.get_config("wildlife")
     model = cm.create_model(config)
     tx = cm.make_optimizer(config, steps_per_epoch=1000)
-    state = cm.create_train_state(model, tx, jax.random.PRNGKey(0))
+    mesh = common.make_mesh()
+    state = jax.device_put(
+        cm.create_train_state(model, tx, jax.random.PRNGKey(0)),
+        common.replicated(mesh))
     rng = np.random.default_rng(0)
-    batches = [{"image": jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3),
-                                                  dtype=np.uint8)),
-                "label": jnp.asarray(rng.integers(0, 10, batch,
-                                                  dtype=np.int32))}
+    batches = [common.shard_batch(
+        {"image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+         "label": rng.integers(0, 10, batch, dtype=np.int32)}, mesh)
                for _ in range(steps)]
     step_fn = jax.jit(functools.partial(cm.train_step, model=model, tx=tx),
                       donate_argnums=(0,))

@@ -8,6 +8,7 @@ are timed one by one and summarised as median, min and max.
 
 import dataclasses
 import importlib
+import os
 import pkgutil
 import statistics
 import time
@@ -96,5 +97,6 @@ def run(bench: Benchmark, repeats: int | None = None) -> dict:
       "it_per_s": bench.iters_per_call / median,
       "img_per_s": bench.iters_per_call * bench.batch / median,
       "jax_version": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       **bench.extra,
   }

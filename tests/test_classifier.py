@@ -1,5 +1,8 @@
 """The MNIST invariant classifier (SPEC §3.2) and its trainer's pieces."""
 
+import functools
+
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +72,71 @@ def test_matches_torch_reference():
       {"params": params, "batch_stats": stats}, x)
   assert set(aux) == set(classifier.AUX_KEYS)
   assert np.abs(np.asarray(got) - ref).max() <= 1e-5
+
+
+@pytest.mark.torch
+def test_train_mode_step_matches_torch():
+  """Batch-statistics forward, every gradient and the running statistics.
+
+  The model folds the input BatchNorm's affine part into the first conv
+  (`_FoldedConv`) and pools with separable slices: same function, so the
+  same gradients as torch's layers.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  body, head = _torch_cnn()
+  with torch.no_grad():
+    body[0].weight.copy_(torch.tensor([1.1, 0.9, 1.2]))
+    body[0].bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
+  t = lambda m: m.detach().numpy()
+  conv = lambda m: {"kernel": t(m.weight).transpose(2, 3, 1, 0),
+                    "bias": t(m.bias)}
+  params = {"model_0": {"scale": t(body[0].weight), "bias": t(body[0].bias)},
+            "model_1": conv(body[1]), "model_4": conv(body[4]),
+            "model_6": conv(body[6]), "model_8": conv(body[8]),
+            "cls_0": {"kernel": t(head[0].weight).T,
+                      "bias": t(head[0].bias)}}
+  stats = {"model_0": {"mean": np.zeros(3, np.float32),
+                       "var": np.ones(3, np.float32)}}
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+  y = rng.integers(0, 10, 8)
+  body.train()
+  logp = head(body(torch.from_numpy(x.transpose(0, 3, 1, 2))))
+  torch.nn.functional.nll_loss(logp, torch.from_numpy(y)).backward()
+
+  def loss(params):
+    (lp, _), mut = classifier.CNN().apply(
+        {"params": params, "batch_stats": stats}, x, train=True,
+        mutable=["batch_stats"])
+    return -jnp.mean(lp[jnp.arange(8), y]), (lp, mut["batch_stats"])
+
+  grads, (lp, new_stats) = jax.jit(jax.grad(loss, has_aux=True))(params)
+  assert np.abs(np.asarray(lp) - logp.detach().numpy()).max() <= 1e-5
+  g = lambda m: m.grad.numpy()
+  gconv = lambda m: {"kernel": g(m.weight).transpose(2, 3, 1, 0),
+                     "bias": g(m.bias)}
+  expected = {"model_0": {"scale": g(body[0].weight),
+                          "bias": g(body[0].bias)},
+              "model_1": gconv(body[1]), "model_4": gconv(body[4]),
+              "model_6": gconv(body[6]), "model_8": gconv(body[8]),
+              "cls_0": {"kernel": g(head[0].weight).T,
+                        "bias": g(head[0].bias)}}
+  for path, want in jax.tree_util.tree_leaves_with_path(expected):
+    got = np.asarray(functools.reduce(lambda d, k: d[k.key], path, grads))
+    assert np.abs(got - want).max() <= 1e-5 * max(1, np.abs(want).max()), (
+        path)
+  np.testing.assert_allclose(np.asarray(new_stats["model_0"]["mean"]),
+                             t(body[0].running_mean), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(new_stats["model_0"]["var"]),
+                             t(body[0].running_var), atol=1e-6)
+
+
+def test_max_pool_matches_reduce_window():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 4))
+  ref = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                            constant_values=-jnp.inf), (3, 3), (2, 2))
+  np.testing.assert_array_equal(
+      np.asarray(classifier.max_pool_torch(x, 3, 2, 1)), np.asarray(ref))
 
 
 def test_avgpool_quirk_ignores_last_row_and_column():

@@ -26,6 +26,7 @@ Parameters: 67,760 (BatchNorm 6, convs 2,432 + 9,248 + 18,496 + 36,928,
 Dense 650), the same as upstream.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -62,21 +63,20 @@ def max_pool_torch(x: jax.Array, window: int, stride: int,
   """torch `MaxPool2d(window, stride, padding)` on NHWC input.
 
   Pads with -inf (padding never wins the max, as in torch) and takes the
-  maximum over the window's strided slices. Same values as `nn.max_pool`,
-  but its gradient is elementwise selects instead of XLA's
-  select-and-scatter, which is ~10x slower on CPU (it dominated the step).
+  maximum over strided slices, first along W, then along H (a 2-D max is
+  separable). Same values as `nn.max_pool`, but the gradient is a few
+  elementwise selects instead of XLA's select-and-scatter: on CPU the
+  backward pass drops from ~40 ms (select-and-scatter, or a 9-slice
+  maximum chain) to ~7 ms at batch 64.
   """
   x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
               constant_values=-jnp.inf)
-  h = (x.shape[1] - window) // stride + 1
-  w = (x.shape[2] - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      s = x[:, i:i + stride * (h - 1) + 1:stride,
-            j:j + stride * (w - 1) + 1:stride]
-      out = s if out is None else jnp.maximum(out, s)
-  return out
+  for axis in (2, 1):
+    n = (x.shape[axis] - window) // stride + 1
+    x = functools.reduce(jnp.maximum, [
+        jax.lax.slice_in_dim(x, i, i + stride * (n - 1) + 1, stride, axis)
+        for i in range(window)])
+  return x
 
 
 def avg_pool_torch(x: jax.Array, window: int) -> jax.Array:
@@ -86,6 +86,72 @@ def avg_pool_torch(x: jax.Array, window: int) -> jax.Array:
   7x7 window only (rows/cols 7 are never read).
   """
   return nn.avg_pool(x, (window, window), (window, window), padding="VALID")
+
+
+class _InputBatchNorm(nn.Module):
+  """torch `BatchNorm2d` on the input image, with its affine part returned.
+
+  Returns (x_hat, scale, bias), x_hat = (x - mean) / sqrt(var + eps), so
+  that the next conv can fold `scale` and `bias` into its kernel. Variables
+  as `nn.BatchNorm`: params scale/bias, batch_stats mean/var. Training
+  normalises with the batch's biased variance and updates the running
+  variance with the unbiased one, as torch does.
+  """
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    x = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      var = jnp.mean(jnp.square(x - mean), axes)
+      if not self.is_initializing():
+        n = x.size // c
+        ra_mean.value = (_BN_MOMENTUM * ra_mean.value
+                         + (1 - _BN_MOMENTUM) * mean)
+        ra_var.value = (_BN_MOMENTUM * ra_var.value
+                        + (1 - _BN_MOMENTUM) * var * n / max(n - 1, 1))
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    return (x - mean) * jax.lax.rsqrt(var + _BN_EPS), scale, bias
+
+
+class _FoldedConv(nn.Module):
+  """torch `Conv2d(3, features, k, 1, pad)` applied to `scale·x_hat + bias`.
+
+  Computed as conv(x_hat, kernel·scale) + conv(1, kernel·bias): x_hat holds
+  no parameters, so the backward pass needs only the kernel gradient, and
+  XLA:CPU skips the input gradient of this 3-channel conv, one of the
+  slowest ops of the step. The second conv sees one all-ones image, whose
+  zero padding makes the bias term correct at the borders too. Params:
+  kernel [k, k, C, features] and bias, as `nn.Conv` (torch's init).
+  """
+  features: int
+  kernel_size: int
+  pad: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_hat, scale, shift):
+    c, k = x_hat.shape[-1], self.kernel_size
+    fan_in = c * k * k
+    kernel = self.param("kernel", torch_kernel_init(), (k, k, c,
+                                                        self.features))
+    bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
+    conv = functools.partial(
+        jax.lax.conv_general_dilated, window_strides=(1, 1),
+        padding=((self.pad, self.pad),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ones = jnp.ones((1,) + x_hat.shape[1:], self.dtype)
+    y = conv(x_hat.astype(self.dtype),
+             (kernel * scale[:, None]).astype(self.dtype))
+    y = y + conv(ones, (kernel * shift[:, None]).astype(self.dtype))
+    return y + bias.astype(self.dtype)
 
 
 class CNN(nn.Module):
@@ -122,9 +188,9 @@ class CNN(nn.Module):
       (log_probs [B, num_classes] float32, aux) with aux 'logits' (pre
       log-softmax) and 'features' ([B, 64], the pooled map).
     """
-    x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
-                     epsilon=_BN_EPS, dtype=self.dtype, name="model_0")(x)
-    x = nn.relu(self._conv(x, 32, 5, 1, 2, "model_1"))   # 1, 2
+    x_hat, scale, shift = _InputBatchNorm(name="model_0")(x, train=train)
+    x = nn.relu(_FoldedConv(32, 5, 2, self.dtype, name="model_1")(
+        x_hat, scale, shift))                            # 0, 1, 2
     x = max_pool_torch(x, 3, 2, 1)                       # 3: 32 -> 16
     x = nn.relu(self._conv(x, 32, 3, 1, 1, "model_4"))   # 4, 5
     x = nn.relu(self._conv(x, 64, 3, 2, 1, "model_6"))   # 6, 7: 16 -> 8

@@ -185,11 +185,11 @@ def create_train_state(config, models: Models, rng: jax.Array) -> TrainState:
 # ------------------------------------------------------------------- step --
 
 
-def _vgg_features(models: Models, vgg_params, x):
-  return models.vgg.apply({"params": vgg_params}, x, upto=models.vgg_upto)
+def _vgg_features(models: Models, vgg_variables, x):
+  return models.vgg.apply(vgg_variables, x, upto=models.vgg_upto)
 
 
-def _style_terms(models: Models, vgg_params, x_gen, real_feats,
+def _style_terms(models: Models, vgg_variables, x_gen, real_feats,
                  lc: LossConfig):
   """Gram style terms w²·5000·L1(G(x_gen), G(real)) per used VGG layer.
 
@@ -197,7 +197,7 @@ def _style_terms(models: Models, vgg_params, x_gen, real_feats,
   features come in precomputed: running the two halves separately keeps the
   backward pass at batch B instead of 2B (VGG is most of the step's cost).
   """
-  feats = _vgg_features(models, vgg_params, x_gen)
+  feats = _vgg_features(models, vgg_variables, x_gen)
   terms = {}
   for name, w in zip(VGG_LAYERS, lc.perc):
     if w:
@@ -217,7 +217,7 @@ def _disc(models: Models, params, batch_stats, x, y, rng):
 
 
 def _generator_loss(g_params, state: TrainState, real, real_feats, y_gen,
-                    keys, vgg_params, *, models: Models, lc: LossConfig):
+                    keys, vgg_variables, *, models: Models, lc: LossConfig):
   """G loss (SPEC §2.5) and the side outputs of its forward pass."""
   (x_gen, aux), g_mut = models.cgn.apply(
       {"params": g_params, "batch_stats": state.g_batch_stats}, y_gen,
@@ -228,7 +228,7 @@ def _generator_loss(g_params, state: TrainState, real, real_feats, y_gen,
   terms = {"g_adv": losses.lsgan_generator_loss(d_out),
            "g_binary": losses.binary_entropy_loss(aux["mask"], lc.mask)}
   if lc.style_layers:
-    terms.update(_style_terms(models, vgg_params, x_gen, real_feats, lc))
+    terms.update(_style_terms(models, vgg_variables, x_gen, real_feats, lc))
   if lc.ssim:
     terms["g_ssim"] = losses.ssim_loss(x_gen, real, lc.ssim)  # max_val 2
   if lc.edge:
@@ -263,14 +263,15 @@ def _real_images(batch, key, *, render: Callable, lc: LossConfig):
   return x
 
 
-def train_step(state: TrainState, batch, vgg_params, *, models: Models,
+def train_step(state: TrainState, batch, vgg_variables, *, models: Models,
                lc: LossConfig, render: Callable):
   """One G update then one D update (SPEC §2.7). Pure; jit it.
 
   Args:
     state: the train state.
     batch: one pipeline batch (`label` [B] and the digits/images).
-    vgg_params: frozen VGG16 params (None without the style loss).
+    vgg_variables: frozen VGG16 {'params', 'grad_kernels'} (None without
+      the style loss).
     models: the modules.
     lc: loss weights.
     render: jittable `(batch, rng) -> [B, 32, 32, 3]` in [-1, 1].
@@ -289,12 +290,12 @@ def train_step(state: TrainState, batch, vgg_params, *, models: Models,
   if lc.style_layers:
     # The target of the style loss: the real batch (SPEC §2.5), no grads.
     real_feats = jax.lax.stop_gradient(
-        _vgg_features(models, vgg_params, real))
+        _vgg_features(models, vgg_variables, real))
 
   g_grad_fn = jax.value_and_grad(
       functools.partial(_generator_loss, models=models, lc=lc), has_aux=True)
   (g_total, (g_terms, x_gen, g_bs, d_bs)), g_grads = g_grad_fn(
-      state.g_params, state, real, real_feats, y_gen, keys, vgg_params)
+      state.g_params, state, real, real_feats, y_gen, keys, vgg_variables)
   g_updates, g_opt = state.g_tx.update(g_grads, state.g_opt_state,
                                        state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
@@ -316,14 +317,14 @@ def train_step(state: TrainState, batch, vgg_params, *, models: Models,
   return new_state, jax.tree.map(lambda v: v.astype(jnp.float32), metrics)
 
 
-def multi_step(state, batches, vgg_params, *, step_fn: Callable):
+def multi_step(state, batches, vgg_variables, *, step_fn: Callable):
   """`k` steps in one call: batches are stacked [k, B, ...]; metrics [k]."""
   k = jax.tree.leaves(batches)[0].shape[0]
   if k == 1:
     state, metrics = step_fn(state, jax.tree.map(lambda b: b[0], batches),
-                             vgg_params)
+                             vgg_variables)
     return state, jax.tree.map(lambda m: m[None], metrics)
-  return jax.lax.scan(lambda s, b: step_fn(s, b, vgg_params), state, batches)
+  return jax.lax.scan(lambda s, b: step_fn(s, b, vgg_variables), state, batches)
 
 
 def jit_steps(step_fn: Callable, mesh) -> Callable:
@@ -354,10 +355,12 @@ def shard_stacked(batches, mesh):
 # ----------------------------------------------------------------- inputs --
 
 
-def load_vgg_params(spec: str):
-  """VGG16 `features` params for `perceptual.vgg16` (dir | random | none).
+def load_vgg_variables(spec: str):
+  """VGG16 variables for `perceptual.vgg16` (dir | random | none).
 
-  Returns None for 'none'. A missing directory raises FileNotFoundError
+  Returns {'params', 'grad_kernels'} (the input-gradient kernels, computed
+  once here instead of in every step; see models/vgg16.py), None for
+  'none'. A missing directory raises FileNotFoundError
   (from the converter) saying how to download and convert the weights.
   """
   if spec == "none":
@@ -370,7 +373,8 @@ def load_vgg_params(spec: str):
 def _cached_vgg(spec: str, loader: Callable):
   # Tests and benchmarks build several trainers per process: load once.
   variables = loader(spec)
-  return variables.get("params", variables)
+  params = variables.get("params", variables)
+  return {"params": params, "grad_kernels": vgg_lib.grad_kernels(params)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -562,14 +566,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   common.check_global_batch(config.batch_size)
-  vgg_params = load_vgg_params(config.perceptual.vgg16)  # fails early
-  models = create_models(config, with_vgg=vgg_params is not None)
+  vgg_variables = load_vgg_variables(config.perceptual.vgg16)  # fails early
+  models = create_models(config, with_vgg=vgg_variables is not None)
   lc = LossConfig.from_config(config, with_style=models.vgg is not None)
   mesh = common.make_mesh()
-  if vgg_params is not None and models.vgg is not None:
-    vgg_params = jax.device_put(vgg_params, common.replicated(mesh))
+  if vgg_variables is not None and models.vgg is not None:
+    vgg_variables = jax.device_put(vgg_variables, common.replicated(mesh))
   else:
-    vgg_params = None
+    vgg_variables = None
   common.write_json(workdir / "config.json", config.to_dict())
 
   # ----------------------------------------------------------------- data
@@ -603,7 +607,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       while step < num_steps:
         k = min(k_max, num_steps - step)
         batches = shard_stacked(stack_batches(iterator, k), mesh)
-        state, metrics = steps_fn(state, batches, vgg_params)
+        state, metrics = steps_fn(state, batches, vgg_variables)
         buffer.add(step, metrics)
         step += k
         bar.update(k)
