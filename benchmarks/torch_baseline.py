@@ -359,7 +359,7 @@ class BinaryLoss(nn.Module):
 # Training iterations.
 
 
-def build_cgn_step(config, batch, device, logging=True):
+def build_cgn_step(config, batch, device, logging=True, loader=None):
   """Builds the models and returns a one-iteration closure.
 
   Args:
@@ -368,6 +368,9 @@ def build_cgn_step(config, batch, device, logging=True):
     device: torch.device.
     logging: format the five losses each step like upstream's progress bar
       (five device syncs).
+    loader: an iterable of (images, labels) real batches (`upstream_loader`)
+      that each iteration draws from and copies to the device, as upstream's
+      loop does; None: one random batch already on the device.
 
   Returns:
     (step, models) where step() runs one G step then one D step and models
@@ -392,8 +395,12 @@ def build_cgn_step(config, batch, device, logging=True):
   x_gt = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
   y_gt = torch.randint(N_CLASSES, (batch,), device=device)
   messages = []
+  batches = _forever(loader) if loader is not None else None
 
   def step():
+    nonlocal x_gt, y_gt
+    if batches is not None:
+      x_gt, y_gt = (t.to(device) for t in next(batches))
     valid = torch.ones(len(y_gt),).to(device)
     fake = torch.zeros(len(y_gt),).to(device)
 
@@ -428,6 +435,95 @@ def build_cgn_step(config, batch, device, logging=True):
 
   models = {"cgn": cgn, "disc": disc, "perc": l_perc, "binary": l_binary}
   return step, models
+
+
+# ---------------------------------------------------------------------------
+# Upstream's on-the-fly training data (SPEC §1.2-1.4), for end-to-end timing.
+
+DC_PALETTE = [(0, 100, 0), (0, 0, 139), (176, 48, 96), (255, 69, 0),
+              (255, 255, 0), (222, 184, 135), (0, 255, 0), (0, 255, 255),
+              (255, 0, 255), (100, 149, 237)]
+
+
+def _read_idx(path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  with gzip.open(path, "rb") as f:
+    data = f.read()
+  ndim = data[3]
+  shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
+           for i in range(ndim)]
+  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+class UpstreamTrainSet(torch.utils.data.Dataset):
+  """Double-colored or Wildlife MNIST train images rendered per access.
+
+  As upstream's datasets: the digit is resized 28->32 (nearest) and
+  binarised (> 0.1); double-colored draws both colours from the label with
+  N(0, 0.01^2) noise per channel; wildlife crops 32x32 from the label's
+  textures (resized to 150x150 nearest, reflect-padded by 3) with a fresh
+  random offset per access. Returns ([3, 32, 32] in [-1, 1], label).
+  """
+
+  def __init__(self, variant, mnist_dir, textures_dir=None):
+    import os  # pylint: disable=g-import-not-at-top
+    self.variant = variant
+    self.digits = torch.from_numpy(_read_idx(
+        os.path.join(mnist_dir, "train-images-idx3-ubyte.gz")).copy())
+    self.labels = torch.from_numpy(_read_idx(
+        os.path.join(mnist_dir, "train-labels-idx1-ubyte.gz")).astype(
+            np.int64))
+    if variant == "wildlife":
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      self.textures = {}
+      for sub in ("object", "background"):
+        names = sorted(os.listdir(os.path.join(textures_dir, sub)))
+        self.textures[sub] = [
+            torch.from_numpy(np.pad(np.asarray(Image.open(
+                os.path.join(textures_dir, sub, n)).convert("RGB").resize(
+                    (150, 150), Image.NEAREST)), ((3, 3), (3, 3), (0, 0)),
+                                    mode="reflect").copy()).permute(2, 0, 1)
+            for n in names]
+    elif variant != "double_colored":
+      raise ValueError(f"no upstream loader for {variant!r}")
+
+  def __len__(self):
+    return len(self.labels)
+
+  def _crop(self, sub, y):
+    t = self.textures[sub][y]
+    i, j = np.random.randint(0, t.shape[1] - 32 + 1, 2)
+    return (t[:, i:i + 32, j:j + 32].float() / 255 - 0.5) / 0.5
+
+  def __getitem__(self, idx):
+    y = int(self.labels[idx])
+    digit = self.digits[idx].float()[None, None] / 255
+    mask = (F.interpolate(digit, size=32)[0] > 0.1).float()  # [1, 32, 32]
+    if self.variant == "double_colored":
+      colors = []
+      for k in (y, (y + 4) % 10):  # background, then object
+        c = torch.tensor(DC_PALETTE[k], dtype=torch.float32)[:, None, None]
+        colors.append(c / 255 + 0.01 * torch.randn(3, 1, 1))
+      bg, fg = colors
+      x = (mask * fg + (1 - mask) * bg - 0.5) / 0.5
+    else:
+      x = mask * self._crop("object", y) + (1 - mask) * self._crop(
+          "background", y)
+    return x, y
+
+
+def upstream_loader(variant, batch, mnist_dir, textures_dir=None,
+                    workers=12):
+  """Upstream's train loader: shuffled, `workers` processes (its yaml: 12)."""
+  return torch.utils.data.DataLoader(
+      UpstreamTrainSet(variant, mnist_dir, textures_dir), batch_size=batch,
+      shuffle=True, num_workers=workers, drop_last=True,
+      persistent_workers=workers > 0)
+
+
+def _forever(loader):
+  while True:
+    yield from loader
 
 
 class CNN(nn.Module):
@@ -546,6 +642,13 @@ def main(argv=None):
   parser.add_argument("--threads", type=int, default=None,
                       help="torch.set_num_threads (default: torch's own)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--end-to-end", action="store_true",
+      help="also time double_colored and wildlife at batch 16 with the real "
+      "batch drawn from upstream's on-the-fly loader (needs MNIST in "
+      "CGN_MNIST_DIR and the textures in CGN_TEXTURES_DIR)")
+  parser.add_argument("--workers", type=int, default=12,
+                      help="loader processes for --end-to-end (upstream: 12)")
   parser.add_argument("--json", metavar="FILE", help="write all records here")
   args = parser.parse_args(argv)
 
@@ -569,6 +672,18 @@ def main(argv=None):
                  lambda: build_classifier_step(CLASSIFIER_BATCH, device,
                                                logging)[0],
                  CLASSIFIER_BATCH, {}))
+  if args.end_to_end:
+    import os  # pylint: disable=g-import-not-at-top
+    mnist_dir = os.environ.get("CGN_MNIST_DIR", "../shared/data/mnist")
+    textures_dir = os.environ.get(
+        "CGN_TEXTURES_DIR", "../shared/data/cgn_upstream/textures")
+    for c in ("double_colored", "wildlife"):
+      jobs.append((
+          f"torch_cgn_mnist_epoch/{c}",
+          lambda c=c: build_cgn_step(c, 16, device, logging, loader=(
+              upstream_loader(c, 16, mnist_dir, textures_dir,
+                              args.workers)))[0],
+          16, {"config": c, "loader_workers": args.workers}))
   records = []
   for name, build, batch, extra in jobs:
     times = _time(build(), device, args.steps, args.warmup)

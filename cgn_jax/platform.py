@@ -32,12 +32,18 @@ def _jaxlib_version() -> tuple[int, ...] | None:
     return None
 
 
+def applicable(environ=os.environ) -> bool:
+  """Not opted out, and a jaxlib whose XLA knows CPU_FLAGS."""
+  if environ.get("CGN_JAX_XLA_CPU_DEFAULTS", "1") == "0":
+    return False
+  version = _jaxlib_version()
+  return version is not None and (
+      VERIFIED_JAXLIB[0] <= version < VERIFIED_JAXLIB[1])
+
+
 def apply_cpu_defaults(environ=os.environ) -> list[str]:
   """Appends CPU_FLAGS missing from XLA_FLAGS; returns the flags added."""
-  if environ.get("CGN_JAX_XLA_CPU_DEFAULTS", "1") == "0":
-    return []
-  version = _jaxlib_version()
-  if version is None or not VERIFIED_JAXLIB[0] <= version < VERIFIED_JAXLIB[1]:
+  if not applicable(environ):
     return []
   current = environ.get("XLA_FLAGS", "")
   added = [f"--{name}={value}" for name, value in CPU_FLAGS.items()

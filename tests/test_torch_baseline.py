@@ -79,3 +79,27 @@ def test_classifier_step_trains():
   assert torch.isfinite(step())
   assert all(not torch.equal(a, b) for a, b in
              zip(before, model.parameters()))
+
+
+@pytest.mark.shared
+def test_upstream_loader_renders_what_the_jax_pipeline_renders(mnist_dir):
+  """Same variant semantics as cgn_jax.data.variants (SPEC §1.2-1.3)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cgn_jax import paths  # pylint: disable=g-import-not-at-top
+  from cgn_jax.data import variants  # pylint: disable=g-import-not-at-top
+  dc = tb.UpstreamTrainSet("double_colored", str(mnist_dir))
+  x, y = dc[0]
+  assert x.shape == (3, 32, 32) and y == int(dc.labels[0])
+  bg = (variants.DC_PALETTE[y] - 0.5) / 0.5
+  corner = x[:, 0, 0].numpy()  # MNIST corners are background
+  assert np.abs(corner - bg).max() < 0.1  # colour noise std 0.01 (x2)
+  textures = paths.textures_dir()
+  if not textures.is_dir():
+    pytest.skip("no Wildlife textures")
+  w = tb.UpstreamTrainSet("wildlife", str(mnist_dir), str(textures))
+  loader = tb.upstream_loader("wildlife", 4, str(mnist_dir), str(textures),
+                              workers=0)
+  xb, yb = next(iter(loader))
+  assert xb.shape == (4, 3, 32, 32) and yb.shape == (4,)
+  assert float(xb.min()) >= -1 and float(xb.max()) <= 1
+  assert len(w) == 60_000

@@ -74,6 +74,35 @@ def test_conversion_parity(torch_model, tmp_path):
     assert err <= 1e-4, f"{name}: max-abs {err}"
 
 
+def test_frozen_input_gradient_matches_torch(torch_model, tmp_path):
+  """The trainer's path (precomputed grad_kernels) vs torch autograd."""
+  import torch  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "vgg16.pth"
+  torch.save(torch_model.state_dict(), path)
+  conv_vgg16.run(type("A", (), dict(input=str(path),
+                                    output=str(tmp_path / "flax"))))
+  params = conv_vgg16.load_vgg16(str(tmp_path / "flax"))["params"]
+  x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(
+      np.float32)
+  xt = torch.from_numpy(x).requires_grad_(True)
+  h, loss = xt, 0.0
+  for i, layer in enumerate(torch_model.features[:_TAPS["relu3_3"] + 1]):
+    h = layer(h)
+    if i in _TAPS.values():
+      loss = loss + (h**2).mean()
+  loss.backward()
+
+  def jax_loss(x):
+    feats = vgg16_lib.VGG16().apply(
+        {"params": params, "grad_kernels": vgg16_lib.grad_kernels(params)},
+        x, upto="relu3_3")
+    return sum((f**2).mean() for f in feats.values())
+
+  got = jax.jit(jax.grad(jax_loss))(x.transpose(0, 2, 3, 1))
+  want = xt.grad.numpy().transpose(0, 2, 3, 1)
+  assert np.abs(np.asarray(got) - want).max() <= 1e-5 * np.abs(want).max()
+
+
 def test_upto_runs_only_the_needed_layers():
   full = jax.eval_shape(vgg16_lib.init_variables, jax.random.PRNGKey(0))
   # Params of blocks 1-2 only: enough for upto='relu2_2'.
