@@ -43,6 +43,18 @@ def _torch_cnn():
   return model, nn.Sequential(nn.Linear(64, 10), nn.LogSoftmax(dim=1))
 
 
+def _as_flax(body, head, get):
+  """Torch CNN tensors (`get(param)`: weights or grads) as the flax tree."""
+  conv = lambda m: {"kernel": get(m.weight).transpose(2, 3, 1, 0),
+                    "bias": get(m.bias)}
+  return {"model_0": {"scale": get(body[0].weight),
+                      "bias": get(body[0].bias)},
+          "model_1": conv(body[1]), "model_4": conv(body[4]),
+          "model_6": conv(body[6]), "model_8": conv(body[8]),
+          "cls_0": {"kernel": get(head[0].weight).T,
+                    "bias": get(head[0].bias)}}
+
+
 @pytest.mark.torch
 def test_matches_torch_reference():
   import torch  # pylint: disable=g-import-not-at-top
@@ -54,13 +66,7 @@ def test_matches_torch_reference():
     body[0].running_var.copy_(torch.tensor([0.5, 1.5, 2.0]))
     body[0].weight.copy_(torch.tensor([1.1, 0.9, 1.2]))
   t = lambda m: m.detach().numpy()
-  conv = lambda m: {"kernel": t(m.weight).transpose(2, 3, 1, 0),
-                    "bias": t(m.bias)}
-  params = {"model_0": {"scale": t(body[0].weight), "bias": t(body[0].bias)},
-            "model_1": conv(body[1]), "model_4": conv(body[4]),
-            "model_6": conv(body[6]), "model_8": conv(body[8]),
-            "cls_0": {"kernel": t(head[0].weight).T,
-                      "bias": t(head[0].bias)}}
+  params = _as_flax(body, head, t)
   stats = {"model_0": {"mean": t(body[0].running_mean),
                        "var": t(body[0].running_var)}}
   x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(
@@ -88,13 +94,7 @@ def test_train_mode_step_matches_torch():
     body[0].weight.copy_(torch.tensor([1.1, 0.9, 1.2]))
     body[0].bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
   t = lambda m: m.detach().numpy()
-  conv = lambda m: {"kernel": t(m.weight).transpose(2, 3, 1, 0),
-                    "bias": t(m.bias)}
-  params = {"model_0": {"scale": t(body[0].weight), "bias": t(body[0].bias)},
-            "model_1": conv(body[1]), "model_4": conv(body[4]),
-            "model_6": conv(body[6]), "model_8": conv(body[8]),
-            "cls_0": {"kernel": t(head[0].weight).T,
-                      "bias": t(head[0].bias)}}
+  params = _as_flax(body, head, t)
   stats = {"model_0": {"mean": np.zeros(3, np.float32),
                        "var": np.ones(3, np.float32)}}
   rng = np.random.default_rng(1)
@@ -112,15 +112,7 @@ def test_train_mode_step_matches_torch():
 
   grads, (lp, new_stats) = jax.jit(jax.grad(loss, has_aux=True))(params)
   assert np.abs(np.asarray(lp) - logp.detach().numpy()).max() <= 1e-5
-  g = lambda m: m.grad.numpy()
-  gconv = lambda m: {"kernel": g(m.weight).transpose(2, 3, 1, 0),
-                     "bias": g(m.bias)}
-  expected = {"model_0": {"scale": g(body[0].weight),
-                          "bias": g(body[0].bias)},
-              "model_1": gconv(body[1]), "model_4": gconv(body[4]),
-              "model_6": gconv(body[6]), "model_8": gconv(body[8]),
-              "cls_0": {"kernel": g(head[0].weight).T,
-                        "bias": g(head[0].bias)}}
+  expected = _as_flax(body, head, lambda p: p.grad.numpy())
   for path, want in jax.tree_util.tree_leaves_with_path(expected):
     got = np.asarray(functools.reduce(lambda d, k: d[k.key], path, grads))
     assert np.abs(got - want).max() <= 1e-5 * max(1, np.abs(want).max()), (
