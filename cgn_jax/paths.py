@@ -6,6 +6,7 @@ IDX folder alone. Tests that need an asset skip with a reason naming the
 variable when it is absent.
 """
 
+import hashlib
 import os
 import pathlib
 
@@ -56,3 +57,12 @@ def cache_dir() -> pathlib.Path:
 def reference_dir() -> pathlib.Path:
   """Golden outputs of the authors' models, for converter parity tests."""
   return shared_dir() / "reference"
+
+
+def sha256(path: os.PathLike | str) -> str:
+  """Hex sha256 of a file, read in 1 MiB chunks (checkpoints are large)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()

@@ -22,7 +22,6 @@ checkpoint that does not fit fails with every missing, unexpected and
 mis-shaped key listed (ConversionError).
 """
 
-import hashlib
 import pathlib
 import re
 from typing import Mapping
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgn_jax import paths
 from cgn_jax.models import cgn as cgn_lib
 from converters import common
 
@@ -142,14 +142,6 @@ def guess_dataset(path) -> str | None:
   return None
 
 
-def sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def convert_file(input_path, output_dir) -> dict:
   """Reads `input_path` safely, converts it and writes an orbax checkpoint.
 
@@ -161,7 +153,7 @@ def convert_file(input_path, output_dir) -> dict:
   metadata = {
       "model": "cgn_mnist",
       "source": str(pathlib.Path(input_path).name),
-      "source_sha256": sha256(input_path),
+      "source_sha256": paths.sha256(input_path),
       "dataset": guess_dataset(pathlib.Path(input_path).resolve()),
       "config": dict(n_classes=10, latent_sz=32, ngf=32, img_sz=32),
   }

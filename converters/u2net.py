@@ -21,13 +21,13 @@ Rules (all modules are named as in PyTorch, see cgn_jax/models/u2net.py):
   `X.bn_s1.num_batches_tracked` -> dropped
 """
 
-import hashlib
 import pathlib
 from typing import Mapping
 
 import jax
 import numpy as np
 
+from cgn_jax import paths
 from converters import common
 
 _VARIANTS = ("u2net", "u2netp")
@@ -150,14 +150,6 @@ def load(directory):
   return variant, variables
 
 
-def _sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def add_arguments(parser):
   parser.add_argument("--input", required=True,
                       help="u2net.pth / u2netp.pth from xuebinqin/U-2-Net")
@@ -174,7 +166,7 @@ def run(args):
   variables = convert(state_dict, args.variant)
   from cgn_jax.models import u2net  # pylint: disable=g-import-not-at-top
   metadata = {"model": "u2net", "variant": args.variant,
-              "source": path.name, "sha256": _sha256(path),
+              "source": path.name, "sha256": paths.sha256(path),
               "params": u2net.param_count(variables)}
   common.save_variables(args.output, variables, metadata)
   print(f"converted {path} ({args.variant}, {metadata['params']:,} params, "

@@ -343,13 +343,14 @@ def test_unknown_names_are_rejected():
 
 def test_texture_download_verifies_sha256(tmp_path, shared_dir):
   """The fetcher copies each texture and rejects a wrong sha256."""
+  from cgn_jax import paths  # pylint: disable=g-import-not-at-top
   from cgn_jax.data import textures as textures_lib
   src = shared_dir / "data" / "cgn_upstream" / "textures"
   url = src.as_uri() + "/{name}"
   out = textures_lib.download(tmp_path / "ok", url=url)
   assert textures_lib.is_complete(out)
   for name, digest in textures_lib.FILES.items():
-    assert textures_lib.sha256(out / name) == digest
+    assert paths.sha256(out / name) == digest
   bad = tmp_path / "bad_src"
   for name in textures_lib.FILES:
     (bad / name).parent.mkdir(parents=True, exist_ok=True)

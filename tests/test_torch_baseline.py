@@ -97,9 +97,18 @@ def test_upstream_loader_renders_what_the_jax_pipeline_renders(mnist_dir):
   if not textures.is_dir():
     pytest.skip("no Wildlife textures")
   w = tb.UpstreamTrainSet("wildlife", str(mnist_dir), str(textures))
+  assert len(w) == 60_000
+  x, y = w[0]
+  # The background is a 32x32 window of the label's padded background
+  # texture, scaled to [-1, 1]; MNIST's 4x4 corners are background.
+  tex = (w.textures["background"][y].float().numpy() / 255 - 0.5) / 0.5
+  corner = x[:, :4, :4].numpy()
+  hits = [(i, j) for i in range(tex.shape[1] - 31)
+          for j in range(tex.shape[2] - 31)
+          if np.array_equal(tex[:, i:i + 4, j:j + 4], corner)]
+  assert hits, "background is not a crop of the label's texture"
   loader = tb.upstream_loader("wildlife", 4, str(mnist_dir), str(textures),
                               workers=0)
   xb, yb = next(iter(loader))
   assert xb.shape == (4, 3, 32, 32) and yb.shape == (4,)
   assert float(xb.min()) >= -1 and float(xb.max()) <= 1
-  assert len(w) == 60_000

@@ -5,11 +5,12 @@ fetched from the pinned upstream commit on first use when no local copy is
 configured, and every file is checked against its sha256.
 """
 
-import hashlib
 import pathlib
 import urllib.request
 
 from absl import logging
+
+from cgn_jax import paths
 
 UPSTREAM_COMMIT = "335bebdb47e21a617db9c8ebddce07b670330e7c"
 URL = ("https://raw.githubusercontent.com/autonomousvision/"
@@ -38,10 +39,6 @@ FILES = {
     "object/8_striped_0125.jpg": "edfe305c0e8f9dfa9d1576c9a32ab3f29e74ea1e8b5bab91ab4b9b83aec902e2",
     "object/9_striped_0033.jpg": "d22a5fcf1ce2ea648c506d13f31a50eaf2260b903256e40fec32995b531d6933",
 }
-
-
-def sha256(path) -> str:
-  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def is_complete(directory) -> bool:
@@ -73,7 +70,7 @@ def download(directory, url: str = URL) -> pathlib.Path:
           f"could not download texture {name} from {src} ({e}). Offline, set "
           "CGN_TEXTURES_DIR to a copy of the upstream mnists/data/textures "
           "folder.") from e
-    got = sha256(tmp)
+    got = paths.sha256(tmp)
     if got != digest:
       tmp.unlink()
       raise RuntimeError(f"texture {name} from {src} has sha256 {got}, "
