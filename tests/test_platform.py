@@ -1,6 +1,8 @@
 """XLA:CPU defaults (cgn_jax/platform.py)."""
 
 import os
+import subprocess
+import sys
 
 from cgn_jax import platform
 
@@ -12,6 +14,34 @@ def test_flags_are_in_effect_for_this_process():
   if platform.applicable():
     assert FLAG in os.environ["XLA_FLAGS"]
   assert platform.apply_cpu_defaults(dict(os.environ)) == []
+
+
+_CONV_HLO = """
+import cgn_jax, jax
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+print(conv.lower(jax.ShapeDtypeStruct((16, 32, 32, 64), "float32"),
+                 jax.ShapeDtypeStruct((3, 3, 64, 64), "float32"))
+      .compile().as_text())
+"""
+
+
+def test_cpu_convolutions_are_not_handed_to_ynnpack():
+  """XLA really reads the flag: with it a conv compiles without a YNN
+  fusion, with the opt-out (XLA's default) it compiles into one."""
+  if not platform.applicable():
+    return
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+
+  def hlo(**extra):
+    return subprocess.run([sys.executable, "-c", _CONV_HLO], check=True,
+                          capture_output=True, text=True,
+                          env={**env, **extra}).stdout
+
+  ours = hlo()
+  assert "convolution" in ours and "__ynn_fusion" not in ours
+  assert "__ynn_fusion" in hlo(CGN_JAX_XLA_CPU_DEFAULTS="0")
 
 
 def test_appends_to_existing_flags_once(monkeypatch):
