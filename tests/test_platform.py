@@ -76,7 +76,7 @@ import cgn_jax, jax
 sys.path.insert(0, ".")
 from benchmarks import bench_mnist_cf
 run = bench_mnist_cf._classifier_setup(64, 1)()   # one classifier step
-for _ in range(3):
+for _ in range(5):
   jax.block_until_ready(run())
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
@@ -87,7 +87,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 
 def test_classifier_step_runs_without_page_faults():
   """With glibc's defaults each classifier step faults ~10k pages (its
-  buffers are unmapped after every step); with ours it reuses them."""
+  buffers are unmapped after every step); with ours it reuses them (0 to
+  ~2k faults, depending on what else the machine runs)."""
   if platform._glibc() is None:
     return
   env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
@@ -100,8 +101,8 @@ def test_classifier_step_runs_without_page_faults():
                          env={**env, **extra}).stdout
     return float(out.split()[-1])
 
-  assert faults() < 1_000
-  assert faults(CGN_JAX_MALLOC_DEFAULTS="0") > 5_000
+  ours, glibc = faults(), faults(CGN_JAX_MALLOC_DEFAULTS="0")
+  assert glibc > 8_000 and ours < glibc / 4, (ours, glibc)
 
 
 def test_malloc_options_respect_the_environment():
