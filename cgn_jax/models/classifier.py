@@ -71,7 +71,7 @@ def max_pool_torch(x: jax.Array, window: int, stride: int,
 
   One difference from torch: where a window holds several equal maxima
   (a constant region, such as MNIST's background), the gradient is split
-  evenly between them, where torch gives all of it to the first. Both are
+  between them, where torch gives all of it to the first. Both are
   subgradients with the same sum. torch's rule needs the argmax as a
   residual; the variants tried on XLA:CPU were no faster, some slower.
   """
