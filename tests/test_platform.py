@@ -4,7 +4,20 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cgn_jax import platform
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str, drop: str, **extra) -> str:
+  """stdout of `code` in a fresh CPU-only interpreter at the project root,
+  without the environment variables starting with `drop`, plus `extra`."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+  return subprocess.run([sys.executable, "-c", code], check=True,
+                        capture_output=True, text=True, cwd=_ROOT,
+                        env={**env, "JAX_PLATFORMS": "cpu", **extra}).stdout
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -30,18 +43,11 @@ def test_cpu_convolutions_are_not_handed_to_ynnpack():
   """XLA really reads the flag: with it a conv compiles without a YNN
   fusion, with the opt-out (XLA's default) it compiles into one."""
   if not platform.applicable():
-    return
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_PLATFORMS"] = "cpu"
-
-  def hlo(**extra):
-    return subprocess.run([sys.executable, "-c", _CONV_HLO], check=True,
-                          capture_output=True, text=True,
-                          env={**env, **extra}).stdout
-
-  ours = hlo()
+    pytest.skip("opted out, or a jaxlib the flag is not verified on")
+  ours = _python(_CONV_HLO, "XLA_FLAGS")
   assert "convolution" in ours and "__ynn_fusion" not in ours
-  assert "__ynn_fusion" in hlo(CGN_JAX_XLA_CPU_DEFAULTS="0")
+  assert "__ynn_fusion" in _python(_CONV_HLO, "XLA_FLAGS",
+                                   CGN_JAX_XLA_CPU_DEFAULTS="0")
 
 
 def test_appends_to_existing_flags_once(monkeypatch):
@@ -71,9 +77,8 @@ def test_opt_out_and_unverified_jaxlib_add_nothing(monkeypatch):
 
 
 _FAULTS = """
-import resource, sys
+import resource
 import cgn_jax, jax
-sys.path.insert(0, ".")
 from benchmarks import bench_mnist_cf
 run = bench_mnist_cf._classifier_setup(64, 1)()   # one classifier step
 for _ in range(5):
@@ -90,16 +95,10 @@ def test_classifier_step_runs_without_page_faults():
   buffers are unmapped after every step); with ours it reuses them (0 to
   ~2k faults, depending on what else the machine runs)."""
   if platform._glibc() is None:
-    return
-  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-  env["JAX_PLATFORMS"] = "cpu"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pytest.skip("not Linux with glibc")
 
   def faults(**extra):
-    out = subprocess.run([sys.executable, "-c", _FAULTS], check=True,
-                         capture_output=True, text=True, cwd=root,
-                         env={**env, **extra}).stdout
-    return float(out.split()[-1])
+    return float(_python(_FAULTS, "MALLOC_", **extra).split()[-1])
 
   ours, glibc = faults(), faults(CGN_JAX_MALLOC_DEFAULTS="0")
   assert glibc > 8_000 and ours < glibc / 4, (ours, glibc)
@@ -107,7 +106,7 @@ def test_classifier_step_runs_without_page_faults():
 
 def test_malloc_options_respect_the_environment():
   if platform._glibc() is None:
-    return
+    pytest.skip("not Linux with glibc")
   assert platform.keep_freed_memory({"CGN_JAX_MALLOC_DEFAULTS": "0"}) == []
   # Re-applying the values already in effect is harmless; a variable the
   # user set is left to glibc.
