@@ -74,31 +74,40 @@ def test_conversion_parity(torch_model, tmp_path):
     assert err <= 1e-4, f"{name}: max-abs {err}"
 
 
-def test_frozen_input_gradient_matches_torch(torch_model, tmp_path):
-  """The trainer's path (precomputed grad_kernels) vs torch autograd."""
+@pytest.mark.parametrize("winograd_convs", [False, True])
+def test_frozen_path_matches_torch(torch_model, tmp_path, winograd_convs):
+  """The trainer's path (frozen kernels) vs torch: features and input grad."""
   import torch  # pylint: disable=g-import-not-at-top
   path = tmp_path / "vgg16.pth"
   torch.save(torch_model.state_dict(), path)
   conv_vgg16.run(type("A", (), dict(input=str(path),
                                     output=str(tmp_path / "flax"))))
   params = conv_vgg16.load_vgg16(str(tmp_path / "flax"))["params"]
+  frozen = vgg16_lib.frozen_variables(params, winograd_convs)
+  # Winograd for every conv but the first (3 input channels).
+  assert sum("winograd" in v for v in frozen.values()) == (
+      12 if winograd_convs else 0)
   x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(
       np.float32)
   xt = torch.from_numpy(x).requires_grad_(True)
-  h, loss = xt, 0.0
-  for i, layer in enumerate(torch_model.features[:_TAPS["relu3_3"] + 1]):
+  h, loss, want_feats = xt, 0.0, {}
+  for i, layer in enumerate(torch_model.features[:_TAPS["relu4_3"] + 1]):
     h = layer(h)
     if i in _TAPS.values():
       loss = loss + (h**2).mean()
+      want_feats[i] = h.detach().numpy().transpose(0, 2, 3, 1)
   loss.backward()
 
   def jax_loss(x):
-    feats = vgg16_lib.VGG16().apply(
-        {"params": params, "grad_kernels": vgg16_lib.grad_kernels(params)},
-        x, upto="relu3_3")
-    return sum((f**2).mean() for f in feats.values())
+    feats = vgg16_lib.VGG16().apply({"params": params, "frozen": frozen}, x,
+                                    upto="relu4_3")
+    return sum((f**2).mean() for f in feats.values()), feats
 
-  got = jax.jit(jax.grad(jax_loss))(x.transpose(0, 2, 3, 1))
+  got, feats = jax.jit(jax.grad(jax_loss, has_aux=True))(
+      x.transpose(0, 2, 3, 1))
+  for name, idx in _TAPS.items():
+    err = np.abs(np.asarray(feats[name]) - want_feats[idx]).max()
+    assert err <= 1e-4, f"{name}: max-abs {err}"
   want = xt.grad.numpy().transpose(0, 2, 3, 1)
   assert np.abs(np.asarray(got) - want).max() <= 1e-5 * np.abs(want).max()
 

@@ -9,11 +9,16 @@ relu1_2 (index 3), relu2_2 (8), relu3_3 (15), relu4_3 (22).
 Inputs are used as given. Upstream feeds [-1, 1] images without ImageNet
 mean/std normalisation (SPEC §10 item 3), and so do the losses here.
 
-VGG16 is frozen, so a training step only needs its input gradient. XLA
-computes that with each kernel flipped and transposed, and when the weights
-are an argument of the step it redoes those copies every step (~45 ms of a
-0.6 s CPU step at relu4_3). Apply with an extra `grad_kernels` collection
-(`grad_kernels(params)`, computed once) and the backward pass reuses them.
+VGG16 is frozen, so a training step only needs its input gradient. Apply
+it with an extra `frozen` collection (`frozen_variables(params)`, computed
+once per set of weights) and each conv becomes a frozen layer:
+- its input gradient uses a precomputed flipped, transposed kernel. XLA
+  would otherwise redo those copies every step (~45 ms of a 0.6 s CPU step
+  at relu4_3), because the weights are an argument of the step;
+- on CPU, every conv but the first (3 input channels) runs forward and
+  backward as Winograd F(2x2, 3x3) with pre-transformed kernels
+  (`winograd.py`). GPUs keep the direct convolution (cuDNN picks its own
+  algorithm).
 """
 
 import functools
@@ -22,6 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from cgn_jax.models import winograd
 
 # (name of the tap, conv indices of its block) in network order.
 _BLOCKS = (
@@ -64,17 +71,58 @@ def _frozen_conv3x3_bwd(grad_kernel, dy):
 _frozen_conv3x3.defvjp(_frozen_conv3x3_fwd, _frozen_conv3x3_bwd)
 
 
-def grad_kernels(params) -> dict[str, dict[str, jax.Array]]:
-  """The `grad_kernels` collection for VGG16 `params` (same tree shape)."""
-  return {name: {"kernel": _input_grad_kernel(p["kernel"])}
-          for name, p in params.items()}
+@jax.custom_vjp
+def _frozen_winograd(x, u, u_grad):
+  del u_grad
+  return winograd.conv3x3(x, u)
+
+
+def _frozen_winograd_fwd(x, u, u_grad):
+  return winograd.conv3x3(x, u), u_grad
+
+
+def _frozen_winograd_bwd(u_grad, dy):
+  return winograd.conv3x3(dy, u_grad), None, None
+
+
+_frozen_winograd.defvjp(_frozen_winograd_fwd, _frozen_winograd_bwd)
+
+# With fewer input or output channels Winograd's 16 GEMMs are too thin to
+# beat the direct convolution on CPU (VGG16's first conv has 3 inputs).
+_WINOGRAD_MIN_CHANNELS = 64
+
+
+def frozen_variables(params, winograd_convs: bool | None = None
+                     ) -> dict[str, dict[str, jax.Array]]:
+  """The `frozen` collection for VGG16 `params` (one entry per conv).
+
+  Args:
+    params: VGG16 params, {features_i: {kernel, bias}}.
+    winograd_convs: use Winograd F(2x2, 3x3) for the convs with at least
+      64 input and output channels (all but the first); None (default)
+      means on the CPU backend only.
+
+  Returns:
+    {features_i: {'grad_kernel'} or {'winograd', 'winograd_grad'}}.
+  """
+  if winograd_convs is None:
+    winograd_convs = jax.default_backend() == "cpu"
+  out = {}
+  for name, p in params.items():
+    grad_kernel = _input_grad_kernel(p["kernel"])
+    if winograd_convs and min(p["kernel"].shape[2:]) >= _WINOGRAD_MIN_CHANNELS:
+      out[name] = {"winograd": winograd.kernel_transform(p["kernel"]),
+                   "winograd_grad": winograd.kernel_transform(grad_kernel)}
+    else:
+      out[name] = {"grad_kernel": grad_kernel}
+  return out
 
 
 class _Conv3x3(nn.Module):
   """`nn.Conv(features, (3, 3), padding=1)`: same params, init and output.
 
-  Given a `grad_kernels` variable it is a frozen layer: its input gradient
-  uses that precomputed kernel and its weights get no gradient.
+  Given its `frozen` variables it is a frozen layer: its weights get no
+  gradient, and its forward and input gradient use the precomputed kernels.
   """
   features: int
   dtype: Any = jnp.float32
@@ -85,9 +133,12 @@ class _Conv3x3(nn.Module):
                         (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     kernel = kernel.astype(self.dtype)
-    if self.has_variable("grad_kernels", "kernel"):
-      y = _frozen_conv3x3(x, kernel, self.get_variable("grad_kernels",
-                                                       "kernel"))
+    if self.has_variable("frozen", "winograd"):
+      y = _frozen_winograd(x, self.get_variable("frozen", "winograd"),
+                           self.get_variable("frozen", "winograd_grad"))
+    elif self.has_variable("frozen", "grad_kernel"):
+      y = _frozen_conv3x3(x, kernel, self.get_variable("frozen",
+                                                       "grad_kernel"))
     else:
       y = _conv3x3(x, kernel)
     return y + bias.astype(self.dtype)

@@ -270,8 +270,8 @@ def train_step(state: TrainState, batch, vgg_variables, *, models: Models,
   Args:
     state: the train state.
     batch: one pipeline batch (`label` [B] and the digits/images).
-    vgg_variables: frozen VGG16 {'params', 'grad_kernels'} (None without
-      the style loss).
+    vgg_variables: frozen VGG16 {'params', 'frozen'} (None without the
+      style loss).
     models: the modules.
     lc: loss weights.
     render: jittable `(batch, rng) -> [B, 32, 32, 3]` in [-1, 1].
@@ -358,9 +358,9 @@ def shard_stacked(batches, mesh):
 def load_vgg_variables(spec: str):
   """VGG16 variables for `perceptual.vgg16` (dir | random | none).
 
-  Returns {'params', 'grad_kernels'} (the input-gradient kernels, computed
-  once here instead of in every step; see models/vgg16.py), None for
-  'none'. A missing directory raises FileNotFoundError
+  Returns {'params', 'frozen'} (the input-gradient and Winograd kernels,
+  computed once here instead of in every step; see models/vgg16.py), None
+  for 'none'. A missing directory raises FileNotFoundError
   (from the converter) saying how to download and convert the weights.
   """
   if spec == "none":
@@ -374,7 +374,7 @@ def _cached_vgg(spec: str, loader: Callable):
   # Tests and benchmarks build several trainers per process: load once.
   variables = loader(spec)
   params = variables.get("params", variables)
-  return {"params": params, "grad_kernels": vgg_lib.grad_kernels(params)}
+  return {"params": params, "frozen": vgg_lib.frozen_variables(params)}
 
 
 @functools.lru_cache(maxsize=8)
