@@ -54,12 +54,20 @@ def discover() -> list[Benchmark]:
 
 
 def select(all_benchmarks, patterns) -> list[Benchmark]:
-  """Benchmarks whose name equals a pattern or starts with `pattern/`."""
+  """Benchmarks named by `patterns`, in name order.
+
+  A pattern that is a benchmark's full name selects that benchmark only
+  (`cgn_mnist_epoch/wildlife` is not also `.../wildlife/scan100`); any other
+  pattern selects the group of names that start with `pattern/`.
+  """
   if not patterns:
     return list(all_benchmarks)
-  chosen = [b for b in all_benchmarks
-            if any(b.name == p or b.name.startswith(p.rstrip("/") + "/")
-                   for p in patterns)]
+  names = {b.name for b in all_benchmarks}
+
+  def wanted(name):
+    return any(name == p if p in names else
+               name.startswith(p.rstrip("/") + "/") for p in patterns)
+  chosen = [b for b in all_benchmarks if wanted(b.name)]
   if not chosen:
     raise ValueError(f"no benchmark matches {patterns}; see --list")
   return chosen
