@@ -6,7 +6,7 @@ tile from a 4x4 input tile with 16 multiplies per channel pair instead of
 36: the convolution becomes 16 independent GEMMs ([tiles, C] @ [C, K]) framed
 by two cheap linear transforms of the data (Lavin & Gray, "Fast Algorithms
 for Convolutional Neural Networks", CVPR 2016). On the 2-core CPU measured
-here this makes VGG16's convolutions with 128 or more channels 30-50 %
+here this makes VGG16's convolutions with 128 or more channels 25-45 %
 faster (64 channels: ~5 %; 3 input channels: slower, as the GEMMs are too
 thin).
 
@@ -89,4 +89,3 @@ def conv3x3(x: jax.Array, u: jax.Array) -> jax.Array:
       for s in range(_M)], axis=3) for r in range(_M)]
   y = jnp.stack(rows, axis=2).reshape(n, th * _M, tw * _M, -1)
   return y[:, :h, :w]
-
