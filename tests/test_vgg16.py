@@ -148,3 +148,15 @@ def test_load_vgg16_modes(tmp_path, caplog):
     v = conv_vgg16.load_vgg16("random")
   assert "RANDOMLY" in caplog.text
   assert v["params"]["features_28"]["kernel"].shape == (3, 3, 512, 512)
+
+
+def test_trainer_uses_winograd_on_cpu_only():
+  params = jax.eval_shape(vgg16_lib.init_variables,
+                          jax.random.PRNGKey(0))["params"]
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+  frozen = vgg16_lib.frozen_variables(params)  # what the trainer loads
+  on_cpu = jax.default_backend() == "cpu"
+  assert "grad_kernel" in frozen["features_0"]  # 3 input channels: direct
+  assert ("winograd" in frozen["features_2"]) == on_cpu
+  if on_cpu:  # 64 -> 64 channels, 16 Winograd-domain taps
+    assert frozen["features_2"]["winograd"].shape == (16, 64, 64)
