@@ -53,39 +53,27 @@ def _input_grad_kernel(kernel: jax.Array) -> jax.Array:
   return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
-@jax.custom_vjp
-def _frozen_conv3x3(x, kernel, grad_kernel):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _frozen(conv, x, kernel, grad_kernel):
+  """`conv(x, kernel)` whose input VJP is `conv(dy, grad_kernel)`.
+
+  `conv` is `_conv3x3` (HWIO kernels) or `winograd.conv3x3` (kernels in the
+  Winograd domain): a frozen linear layer either way.
+  """
   del grad_kernel
-  return _conv3x3(x, kernel)
+  return conv(x, kernel)
 
 
-def _frozen_conv3x3_fwd(x, kernel, grad_kernel):
-  return _conv3x3(x, kernel), grad_kernel
+def _frozen_fwd(conv, x, kernel, grad_kernel):
+  return conv(x, kernel), grad_kernel
 
 
-def _frozen_conv3x3_bwd(grad_kernel, dy):
+def _frozen_bwd(conv, grad_kernel, dy):
   # Frozen weights: no kernel cotangents (None is a symbolic zero).
-  return _conv3x3(dy, grad_kernel.astype(dy.dtype)), None, None
+  return conv(dy, grad_kernel.astype(dy.dtype)), None, None
 
 
-_frozen_conv3x3.defvjp(_frozen_conv3x3_fwd, _frozen_conv3x3_bwd)
-
-
-@jax.custom_vjp
-def _frozen_winograd(x, u, u_grad):
-  del u_grad
-  return winograd.conv3x3(x, u)
-
-
-def _frozen_winograd_fwd(x, u, u_grad):
-  return winograd.conv3x3(x, u), u_grad
-
-
-def _frozen_winograd_bwd(u_grad, dy):
-  return winograd.conv3x3(dy, u_grad), None, None
-
-
-_frozen_winograd.defvjp(_frozen_winograd_fwd, _frozen_winograd_bwd)
+_frozen.defvjp(_frozen_fwd, _frozen_bwd)
 
 # With fewer input or output channels Winograd's 16 GEMMs are too thin to
 # beat the direct convolution on CPU (VGG16's first conv has 3 inputs).
@@ -134,11 +122,12 @@ class _Conv3x3(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     kernel = kernel.astype(self.dtype)
     if self.has_variable("frozen", "winograd"):
-      y = _frozen_winograd(x, self.get_variable("frozen", "winograd"),
-                           self.get_variable("frozen", "winograd_grad"))
+      y = _frozen(winograd.conv3x3, x,
+                  self.get_variable("frozen", "winograd"),
+                  self.get_variable("frozen", "winograd_grad"))
     elif self.has_variable("frozen", "grad_kernel"):
-      y = _frozen_conv3x3(x, kernel, self.get_variable("frozen",
-                                                       "grad_kernel"))
+      y = _frozen(_conv3x3, x, kernel,
+                  self.get_variable("frozen", "grad_kernel"))
     else:
       y = _conv3x3(x, kernel)
     return y + bias.astype(self.dtype)
