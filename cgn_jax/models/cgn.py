@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cgn_jax.models import batchnorm
 from cgn_jax.models import composer
 from cgn_jax.models import initializers
 
@@ -131,11 +132,11 @@ class _Mechanism(nn.Module):
                    bias_init=nn.initializers.zeros, name=name)(x)
 
   def _bn(self, x, train, name):
-    return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
-                        epsilon=_EPS, dtype=self.dtype,
-                        scale_init=initializers.batchnorm_scale_init(
-                            self.init_gain),
-                        bias_init=nn.initializers.zeros, name=name)(x)
+    return batchnorm.BatchNorm(
+        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_EPS,
+        dtype=self.dtype,
+        scale_init=initializers.batchnorm_scale_init(self.init_gain),
+        bias_init=nn.initializers.zeros, name=name)(x)
 
 
 class ShapeMechanism(_Mechanism):

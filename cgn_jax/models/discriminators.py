@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cgn_jax.models import batchnorm
 from cgn_jax.models import initializers
 
 _LEAK = 0.2
@@ -111,12 +112,11 @@ class DiscConv(nn.Module):
       h = nn.Conv(feats, (k, k), strides=(s, s), padding="VALID",
                   use_bias=False, dtype=self.dtype, kernel_init=kinit,
                   name=f"model_{idx}")(h)
-      h = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=1e-5, dtype=self.dtype,
-                       scale_init=initializers.batchnorm_scale_init(
-                           self.init_gain),
-                       bias_init=nn.initializers.zeros,
-                       name=f"model_{idx + 1}")(h)
+      h = batchnorm.BatchNorm(
+          use_running_average=not train, momentum=0.9, epsilon=1e-5,
+          dtype=self.dtype,
+          scale_init=initializers.batchnorm_scale_init(self.init_gain),
+          bias_init=nn.initializers.zeros, name=f"model_{idx + 1}")(h)
       h = nn.leaky_relu(h, _LEAK)
     h = nn.avg_pool(h, (3, 3), strides=(3, 3), padding="VALID")
     h = nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype,
