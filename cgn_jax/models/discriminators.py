@@ -18,6 +18,7 @@ from flax import linen as nn
 
 from cgn_jax.models import batchnorm
 from cgn_jax.models import initializers
+from cgn_jax.models import strided_conv
 
 _LEAK = 0.2
 
@@ -111,6 +112,7 @@ class DiscConv(nn.Module):
     for idx, feats, k, s in blocks:
       h = nn.Conv(feats, (k, k), strides=(s, s), padding="VALID",
                   use_bias=False, dtype=self.dtype, kernel_init=kinit,
+                  conv_general_dilated=strided_conv.conv_general_dilated,
                   name=f"model_{idx}")(h)
       h = batchnorm.BatchNorm(
           use_running_average=not train, momentum=0.9, epsilon=1e-5,
