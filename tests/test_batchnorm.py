@@ -56,7 +56,7 @@ def test_train_step_matches_torch_batchnorm2d():
                     mutable=["batch_stats"])
 
   (y, mut), vjp = jax.vjp(f, variables["params"],
-                          jnp.asarray(x, jnp.float32), has_aux=False)
+                          jnp.asarray(x, jnp.float32))
   d_params, dx = vjp((jnp.asarray(g, jnp.float32),
                       jax.tree.map(jnp.zeros_like, mut)))
   tol = dict(rtol=1e-5, atol=1e-5)

@@ -7,9 +7,9 @@ is an Eigen matrix-vector product and takes 0.4 ms. A train-mode BatchNorm
 needs four such sums per call (mean and variance forward; the bias and scale
 gradients backward), and autodiff would add more, because it turns the
 forward's broadcasts back into reductions. This BatchNorm computes all of
-them with `channel_sum` and gives the backward pass as a custom VJP. In the
-wildlife CGN step (G and DiscConv have ten BatchNorms, DiscConv's run three
-times per step) that made the step ~8 % faster on the 2-core CPU.
+them with `channel_sum` and gives the backward pass as a custom VJP. The
+wildlife CGN step (eight BatchNorms in G, four in DiscConv, which sees three
+batches per step) got 7-9 % faster on the 2-core CPU, double-colored ~4 %.
 
 On other backends `channel_sum` is a plain `jnp.sum`: GPU compilers fuse
 reductions with their producers, which a dot would prevent.
