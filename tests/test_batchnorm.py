@@ -109,3 +109,28 @@ def test_same_variables_as_flax_batchnorm():
       jax.random.PRNGKey(0), x)
   shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
   assert shapes(ours) == shapes(theirs)
+
+
+def test_discconv_updates_running_var_with_the_unbiased_variance():
+  """The models use this BatchNorm: from a zero running variance, one
+  training step leaves torch's 0.1 · unbiased batch variance (flax's biased
+  one is n/(n - 1) = 1 + 2.8e-4 off here, beyond the tolerance)."""
+  from cgn_jax.models import discriminators  # pylint: disable=g-import-not-at-top
+  disc = discriminators.DiscConv(ndf=8)
+  k = jax.random.split(jax.random.PRNGKey(3), 2)
+  x = jax.random.uniform(k[0], (4, 32, 32, 3), minval=-1, maxval=1)
+  y = jnp.arange(4) % 10
+  variables = discriminators.init_variables(disc, k[1])
+  stats = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+  _, new = disc.apply({"params": variables["params"], "batch_stats": stats},
+                      x, y, train=True, mutable=["batch_stats"])
+  p = variables["params"]
+  plane = jnp.broadcast_to(p["label_embedding"]["embedding"][y][:, None, None],
+                           (4, 32, 32, 1))
+  h = jax.lax.conv_general_dilated(
+      jnp.concatenate([x, plane], -1), p["model_0"]["kernel"], (1, 1),
+      "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST)
+  want = 0.1 * np.var(np.asarray(h), axis=(0, 1, 2), ddof=1)
+  np.testing.assert_allclose(new["batch_stats"]["model_1"]["var"], want,
+                             rtol=1e-5)

@@ -48,9 +48,8 @@ def kernel_to_depth(kernel: jax.Array) -> jax.Array:
   kernel[2a + dy, 2b + dx, c] becomes entry [a, b, (dy, dx, c)].
   """
   k, _, c, n = kernel.shape
-  kernel = kernel.reshape(k // 2, 2, k // 2, 2, c, n).transpose(0, 2, 1, 3, 4,
-                                                                5)
-  return kernel.reshape(k // 2, k // 2, 4 * c, n)
+  kernel = kernel.reshape(k // 2, 2, k // 2, 2, c, n)
+  return kernel.transpose(0, 2, 1, 3, 4, 5).reshape(k // 2, k // 2, 4 * c, n)
 
 
 def _conv(x, kernel, strides, padding):
