@@ -75,7 +75,7 @@ def test_generate_refuses_a_set_made_differently(tmp_path):
                      "cfs_per_shape: stored 1, now 2"),
                     ({"cgn": str(cgn_b)}, "cgn_sha256: stored ")):
     with pytest.raises(provenance.ProvenanceMismatch, match=field) as e:
-      cf.run_config(_gen_config(cgn_a, **kw), work)
+      cf.run_config(_gen_config(**{"cgn": cgn_a, **kw}), work)
     assert "--config.overwrite=True" in str(e.value)
   assert index.stat().st_mtime_ns == stamp
   # overwrite: regenerated with the new provenance.
