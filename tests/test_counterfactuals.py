@@ -146,7 +146,8 @@ def test_shard_reader_round_trips(tmp_path):
   rec = src[n - 1]
   np.testing.assert_array_equal(rec["image"], arrays["image"][-1])
   assert len(src.__getitems__([0, 5])) == 2
-  both = shards.ConcatSource([src, shards.ShardedSource(tmp_path / "d", ["label"])])
+  both = shards.ConcatSource(
+      [src, shards.ShardedSource(tmp_path / "d", ["label"])])
   assert len(both) == 2 * n
   got = both.gather([n + 2, 1])
   assert set(got) == {"label"}  # fields common to both parts

@@ -33,7 +33,8 @@ libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 def big_block_is_mmapped():
   p = libc.malloc(64 << 20)
-  bit = ctypes.c_size_t.from_address(p - ctypes.sizeof(ctypes.c_size_t)).value & 2
+  size_word = p - ctypes.sizeof(ctypes.c_size_t)
+  bit = ctypes.c_size_t.from_address(size_word).value & 2
   libc.free(ctypes.c_void_p(p))
   return bool(bit)
 """

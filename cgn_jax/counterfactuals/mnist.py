@@ -43,7 +43,6 @@ import numpy as np
 from cgn_jax import provenance
 from cgn_jax import weights
 from cgn_jax.data import shards
-from cgn_jax.data.shards import ShardWriter, ShardedSource, dequantize, is_complete, quantize  # pylint: disable=g-importing-member
 from cgn_jax.models import cgn as cgn_lib
 from cgn_jax.models import cgn_weights
 from cgn_jax.models import composer
@@ -118,7 +117,7 @@ def make_block_fn(model: cgn_lib.CGN, cfs_per_shape: int,
                  jax.random.normal(k_u2, (s, model.latent_sz)), y_bg)
       fg = cgn_lib.patch_shuffle(fg, k_s1)
       bg = cgn_lib.patch_shuffle(bg, k_s2)
-      return quantize(composer.compose(mask, fg, bg)), y_fg, y_bg
+      return shards.quantize(composer.compose(mask, fg, bg)), y_fg, y_bg
 
     # Passes run one after another so that peak memory is one pass.
     images, y_fg, y_bg = jax.lax.map(one_pass, jax.random.split(k_cf, cfs))
@@ -298,7 +297,7 @@ def write_counterfactuals(directory, variables, model: cgn_lib.CGN, *,
               cfs_per_shape=int(cfs_per_shape), seed=int(seed),
               shapes_per_block=int(shapes_per_block), group=GROUP,
               kind="counterfactual", provenance=record)
-  with ShardWriter(directory, shard_size, meta, overwrite) as w:
+  with shards.ShardWriter(directory, shard_size, meta, overwrite) as w:
     for batch in generate(variables, model, num=num,
                           cfs_per_shape=cfs_per_shape, seed=seed,
                           shapes_per_block=shapes_per_block,
@@ -321,7 +320,7 @@ def reuse_or_redo(directory, wanted: Mapping[str, Any], *,
   fields, unless `overwrite`: then it is to be rewritten (False), as an
   absent or incomplete set is.
   """
-  if not is_complete(directory):
+  if not shards.is_complete(directory):
     return False
   stored = shards.read_index(directory)["metadata"].get("provenance")
   try:
@@ -383,7 +382,7 @@ def write_real_sets(directory, variant: str, *, seed: int = 0,
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       rng = tqdm(rng, unit="chunk", desc=f"{variant} real train")
-    with ShardWriter(train_dir, shard_size,
+    with shards.ShardWriter(train_dir, shard_size,
                      dict(meta, split="train", provenance=train_record),
                      overwrite=True) as w:
       for i in rng:
@@ -395,7 +394,7 @@ def write_real_sets(directory, variant: str, *, seed: int = 0,
   if not reuse_or_redo(test_dir, test_record, overwrite=overwrite):
     images, labels, nuisance = variants.fixed_test_set(
         variant, seed, with_nuisance=True)
-    with ShardWriter(test_dir, shard_size,
+    with shards.ShardWriter(test_dir, shard_size,
                      dict(meta, split="test", provenance=test_record),
                      overwrite=True) as w:
       for i in range(0, len(labels), chunk):
@@ -406,7 +405,7 @@ def write_real_sets(directory, variant: str, *, seed: int = 0,
 
 
 def _real_batch(images, labels, nuisance) -> dict[str, np.ndarray]:
-  return dict(image=np.asarray(quantize(jnp.asarray(images))),
+  return dict(image=np.asarray(shards.quantize(jnp.asarray(images))),
               label=np.asarray(labels, np.int32),
               fg_label=np.asarray(nuisance["fg"], np.int32),
               bg_label=np.asarray(nuisance["bg"], np.int32))
@@ -461,8 +460,9 @@ def run_config(config, workdir) -> dict[str, pathlib.Path]:
         workdir, config.variant, seed=config.real_seed,
         shard_size=config.shard_size, num_train=config.num_real,
         overwrite=config.overwrite)
-  src = ShardedSource(out["counterfactuals"], fields=("image",))
-  preview = dequantize(src.gather(np.arange(min(100, len(src))))["image"])
+  src = shards.ShardedSource(out["counterfactuals"], fields=("image",))
+  preview = shards.dequantize(
+      src.gather(np.arange(min(100, len(src))))["image"])
   common.save_image_grid(workdir / "preview.png", preview, nrow=10, scale=2)
   common.write_json(workdir / "config.json", config.to_dict())
   return out

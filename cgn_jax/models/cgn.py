@@ -220,7 +220,7 @@ class _Mechanism(nn.Module):
 
   def _conv_bn(self, x, features, index, train, *, upsample,
                use_bias=False):
-    """[upsample x2 ->] conv `layers_{index}` -> BatchNorm `layers_{index+1}`."""
+    """[upsample x2 ->] conv `layers_{index}` -> BatchNorm `layers_{i+1}`."""
     if self.folded:
       if train:
         raise ValueError("CGN(folded=True) is the eval-mode inference form; "

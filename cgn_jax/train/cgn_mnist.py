@@ -607,8 +607,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Writes WORKDIR/metrics.jsonl and WORKDIR/tensorboard/ (every
   `log_every_steps`: mean losses, steps_per_second; the sample sheets),
   WORKDIR/provenance.json (the config a checkpoint belongs to: resuming
-  with another is refused unless `overwrite`), WORKDIR/samples/*.png (every `sample_every_steps` and at
-  the end), WORKDIR/checkpoints/ (every `ckpt_every_steps`, at the end and
+  with another is refused unless `overwrite`), WORKDIR/samples/*.png
+  (every `sample_every_steps` and at the end), WORKDIR/checkpoints/ (every `ckpt_every_steps`, at the end and
   on SIGTERM) and, when the run completes, WORKDIR/results.json.
 
   Args:
