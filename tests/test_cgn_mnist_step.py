@@ -2,9 +2,15 @@
 
 For each of the three configs, the JAX `train_step` and upstream's
 `fit()` iteration start from the same weights and see the same real batch,
-generated labels `y_gen`, noise `u` and patch-shuffler crop offsets; the
-losses and every updated parameter and running statistic must agree to
-`TOL` relative (max-abs error / max-abs value, per tensor).
+generated labels `y_gen`, noise `u` and patch-shuffler crop offsets. Checked
+to `TOL` relative (max-abs error / max-abs value, per tensor): the seven
+losses, the gradients of every G and D parameter (against torch_baseline's,
+which keeps them), every updated parameter (where Adam's sign is decided,
+see `compare_updated`) and the BatchNorm running statistics (G, DiscConv).
+Where float32 rounding flips a LeakyReLU branch the gradients cannot agree
+to 1e-5; those cases are listed in `KNOWN_MISMATCH` (strict xfails). The
+JAX gradients are read without changing the step: the trainer's Adam runs
+behind a transform that keeps them in its optimizer state.
 
 References: double_colored (DiscLin) and wildlife (DiscConv) against the
 goldens made by the upstream code itself (../shared/reference/mnist_step,
