@@ -468,10 +468,13 @@ def test_torch_recreation_matches_upstream_golden(config, shared_dir,
 # smallest: -1.9e-6 in torch (float32 and float64 agree), +7.3e-7 in JAX.
 # float32 rounding puts it on the other side of the LeakyReLU kink, so
 # its slope is 0.2 on one side and 1 on the other; no float32 port with a
-# different summation order can be held to 1e-5 there. The colored and
-# double_colored cases are presumably the same kind (a LeakyReLU or clamp
-# kink) but are not yet localised. Each entry xfails while the mismatch
-# lasts and fails once it is gone.
+# different summation order can be held to 1e-5 there. double_colored:
+# f_shape's gradients are ill-conditioned in float32 (mostly saturated
+# mask clamp, three InstanceNorms): torch float32 itself is 4.8e-5 away
+# from torch float64 there (no clamp or LeakyReLU branch differs). The
+# colored case is presumably a kink like wildlife's but is not yet
+# localised. Each entry xfails while the mismatch lasts and fails once it
+# is gone.
 KNOWN_MISMATCH = {"gradients": {"double_colored", "wildlife", "colored"},
                   "params": {"wildlife", "colored"},
                   "bn_stats": {"colored"}}
