@@ -157,26 +157,33 @@ class Patch2Image(nn.Module):
     return torch.cat([x] * self.n_up, -2)
 
 
-def _choose_rand_patches(x, patch_sz, dim):
+def _choose_rand_patches(x, patch_sz, dim, idx=None):
   # Upstream's helper: the indices are drawn on the host, and indexing with
   # a slice between the two advanced indices moves the batch axis first, so
   # the first call transposes H and W and the second transposes them back.
   batch_sz = x.shape[0]
   patches = x.unfold(dim, patch_sz, 1)
-  idx = torch.randint(0, patches.shape[2], (batch_sz,))
+  if idx is None:
+    idx = torch.randint(0, patches.shape[2], (batch_sz,))
   return patches[torch.arange(batch_sz), :, idx, :]
 
 
 class RandomCrop(nn.Module):
-  """Per-sample random crop, exactly as upstream (two calls on axis 2)."""
+  """Per-sample random crop, exactly as upstream (two calls on axis 2).
+
+  The first call's index is the crop's row offset h, the second's its column
+  offset w (the first call leaves H and W transposed). `offsets` = (h, w),
+  two (B,) int64 tensors, replaces the random draws (parity tests).
+  """
 
   def __init__(self, crop_sz):
     super().__init__()
     self.crop_sz = crop_sz
 
-  def forward(self, x):
-    x = _choose_rand_patches(x, self.crop_sz, 2)
-    return _choose_rand_patches(x, self.crop_sz, 2)
+  def forward(self, x, offsets=None):
+    h, w = offsets if offsets is not None else (None, None)
+    x = _choose_rand_patches(x, self.crop_sz, 2, h)
+    return _choose_rand_patches(x, self.crop_sz, 2, w)
 
 
 class CGN(nn.Module):
@@ -195,25 +202,31 @@ class CGN(nn.Module):
     self.shuffler = nn.Sequential(Patch2Image(img_sz, 2), RandomCrop(img_sz))
     init_net(self, init_type=init_type, init_gain=init_gain)
 
-  def get_inp(self, ys):
+  def get_inp(self, ys, u=None):
     # Upstream draws u on the host and copies it over.
-    u_vec = torch.normal(0, 1, (len(ys), self.latent_sz)).to(ys.device)
-    return torch.cat([u_vec, self.label_emb(ys)], -1)
+    if u is None:
+      u = torch.normal(0, 1, (len(ys), self.latent_sz))
+    return torch.cat([u.to(ys.device), self.label_emb(ys)], -1)
 
-  def forward(self, ys):
+  def forward(self, ys, u=None, crops=None):
     """Normal (training) mode.
 
     Args:
       ys: (B,) int64 labels on the model's device.
+      u: optional (B, latent_sz) noise instead of a fresh draw.
+      crops: optional shuffler offsets instead of fresh draws:
+        ((h_fg, w_fg), (h_bg, w_bg)), (B,) int64 tensors each.
 
     Returns:
       (mask (B,3,32,32), foreground, background).
     """
-    inp = self.get_inp(ys)
+    inp = self.get_inp(ys, u)
     mask = self.f_shape(inp)
     mask = torch.clamp(mask, 0.0001, 0.9999).repeat(1, 3, 1, 1)
-    foreground = self.shuffler(self.f_text1(inp))
-    background = self.shuffler(self.f_text2(inp))
+    tile, crop = self.shuffler
+    c_fg, c_bg = crops if crops is not None else (None, None)
+    foreground = crop(tile(self.f_text1(inp)), c_fg)
+    background = crop(tile(self.f_text2(inp)), c_bg)
     return mask, foreground, background
 
 
@@ -373,8 +386,9 @@ def build_cgn_step(config, batch, device, logging=True, loader=None):
       loop does; None: one random batch already on the device.
 
   Returns:
-    (step, models) where step() runs one G step then one D step and models
-    is a dict of the cgn, the discriminator and the losses.
+    (step, models) where step() runs one G step then one D step
+    (`cgn_iteration`) and models is a dict of the cgn, the discriminator,
+    the losses and the two Adams.
   """
   if config not in CONFIGS:
     raise ValueError(f"unknown config {config!r}; choose from "
@@ -397,44 +411,79 @@ def build_cgn_step(config, batch, device, logging=True, loader=None):
   messages = []
   batches = _forever(loader) if loader is not None else None
 
+  models = {"cgn": cgn, "disc": disc, "perc": l_perc, "binary": l_binary,
+            "adv": l_adv, "opt_g": opt_g, "opt_d": opt_d}
+
   def step():
     nonlocal x_gt, y_gt
     if batches is not None:
       x_gt, y_gt = (t.to(device) for t in next(batches))
-    valid = torch.ones(len(y_gt),).to(device)
-    fake = torch.zeros(len(y_gt),).to(device)
-
-    # Generator.
-    opt_g.zero_grad()
     y_gen = torch.randint(N_CLASSES, (len(y_gt),)).to(device)
-    mask, foreground, background = cgn(y_gen)
-    x_gen = mask * foreground + (1 - mask) * background
-    validity = disc(x_gen, y_gen)
-    losses_g = {"adv": l_adv(validity, valid),
-                "binary": l_binary(mask),
-                "perc": l_perc(x_gen, x_gt)}
-    loss_g = sum(losses_g.values())
-    loss_g.backward()
-    opt_g.step()
-
-    # Discriminator.
-    opt_d.zero_grad()
-    validity_real = disc(x_gt, y_gt)
-    validity_fake = disc(x_gen.detach(), y_gen)
-    losses_d = {"real": l_adv(validity_real, valid),
-                "fake": l_adv(validity_fake, fake)}
-    loss_d = sum(losses_d.values()) / 2
-    loss_d.backward()
-    opt_d.step()
-
+    out = cgn_iteration(models, x_gt, y_gt, y_gen)
     if logging:
-      msg = "".join(f"[{k}: {v:.3f}]" for k, v in losses_d.items())
-      msg += "".join(f"[{k}: {v:.3f}]" for k, v in losses_g.items())
+      msg = "".join(f"[{k}: {out[f'loss_d_{k}']:.3f}]"
+                    for k in ("real", "fake"))
+      msg += "".join(f"[{k}: {out[f'loss_g_{k}']:.3f}]"
+                     for k in ("adv", "binary", "perc"))
       messages[:] = [msg]
-    return loss_g, loss_d
+    return out["loss_g"], out["loss_d"]
 
-  models = {"cgn": cgn, "disc": disc, "perc": l_perc, "binary": l_binary}
   return step, models
+
+
+def cgn_iteration(models, x_gt, y_gt, y_gen, u=None, crops=None):
+  """One upstream `fit()` iteration: a G step, then a D step.
+
+  Line for line `mnists/train_cgn.py` (upstream's `Optimizers.zero_grad`
+  and `.step(..., False)` are the two Adams' `zero_grad` and `step`).
+
+  Args:
+    models: the dict of `build_cgn_step` (cgn, disc, perc, binary, adv,
+      opt_g, opt_d).
+    x_gt: (B, 3, 32, 32) real images in [-1, 1]; y_gt: (B,) labels.
+    y_gen: (B,) generated labels (upstream: torch.randint in the loop).
+    u: optional (B, latent) noise; crops: optional shuffler offsets (see
+      `CGN.forward`); None draws them as upstream.
+
+  Returns:
+    dict of the outputs (mask, foreground, background, x_gen, validity,
+    validity_real, validity_fake) and the loss tensors loss_g_adv,
+    loss_g_binary, loss_g_perc, loss_g, loss_d_real, loss_d_fake, loss_d.
+  """
+  cgn, disc, opt_g, opt_d = (models[k] for k in
+                             ("cgn", "disc", "opt_g", "opt_d"))
+  l_adv = models["adv"]
+  valid = torch.ones(len(y_gt),).to(x_gt.device)
+  fake = torch.zeros(len(y_gt),).to(x_gt.device)
+
+  # Generator.
+  opt_g.zero_grad()
+  mask, foreground, background = cgn(y_gen, u=u, crops=crops)
+  x_gen = mask * foreground + (1 - mask) * background
+  validity = disc(x_gen, y_gen)
+  losses_g = {"adv": l_adv(validity, valid),
+              "binary": models["binary"](mask),
+              "perc": models["perc"](x_gen, x_gt)}
+  loss_g = sum(losses_g.values())
+  loss_g.backward()
+  opt_g.step()
+
+  # Discriminator.
+  opt_d.zero_grad()
+  validity_real = disc(x_gt, y_gt)
+  validity_fake = disc(x_gen.detach(), y_gen)
+  losses_d = {"real": l_adv(validity_real, valid),
+              "fake": l_adv(validity_fake, fake)}
+  loss_d = sum(losses_d.values()) / 2
+  loss_d.backward()
+  opt_d.step()
+
+  out = dict(mask=mask, foreground=foreground, background=background,
+             x_gen=x_gen, validity=validity, validity_real=validity_real,
+             validity_fake=validity_fake, loss_g=loss_g, loss_d=loss_d)
+  out.update({f"loss_g_{k}": v for k, v in losses_g.items()})
+  out.update({f"loss_d_{k}": v for k, v in losses_d.items()})
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -458,8 +507,8 @@ def _read_idx(path):
 class UpstreamTrainSet(torch.utils.data.Dataset):
   """Double-colored or Wildlife MNIST train images rendered per access.
 
-  As upstream's datasets: the digit is resized 28->32 (nearest) and
-  binarised (> 0.1); double-colored draws both colours from the label with
+  As upstream's datasets: MNIST train[:50000]; the digit is resized 28->32
+  (nearest) and binarised (> 0.1); double-colored draws both colours from the label with
   N(0, 0.01^2) noise per channel; wildlife crops 32x32 from the label's
   textures (resized to 150x150 nearest, reflect-padded by 3) with a fresh
   random offset per access. Returns ([3, 32, 32] in [-1, 1], label).
@@ -468,10 +517,11 @@ class UpstreamTrainSet(torch.utils.data.Dataset):
   def __init__(self, variant, mnist_dir, textures_dir=None):
     import os  # pylint: disable=g-import-not-at-top
     self.variant = variant
+    # Upstream trains on MNIST train[:50000] (train[50000:] is its test set).
     self.digits = torch.from_numpy(_read_idx(
-        os.path.join(mnist_dir, "train-images-idx3-ubyte.gz")).copy())
+        os.path.join(mnist_dir, "train-images-idx3-ubyte.gz"))[:50_000].copy())
     self.labels = torch.from_numpy(_read_idx(
-        os.path.join(mnist_dir, "train-labels-idx1-ubyte.gz")).astype(
+        os.path.join(mnist_dir, "train-labels-idx1-ubyte.gz"))[:50_000].astype(
             np.int64))
     if variant == "wildlife":
       from PIL import Image  # pylint: disable=g-import-not-at-top

@@ -10,6 +10,7 @@ from PIL import ImageColor
 import pytest
 import tensorflow_datasets as tfds
 
+from cgn_jax import paths
 from cgn_jax.data import mnist
 from cgn_jax.data import variants
 
@@ -133,10 +134,57 @@ def test_palettes_match_spec():
   want_bg = np.array([ImageColor.getrgb(n)
                       for n in variants.DC_PALETTE_NAMES], np.float32) / 255.
   np.testing.assert_array_equal(variants.DC_BACKGROUND, want_bg)
+  # Colored: measured from the authors' generator (see
+  # test_colored_means_are_the_authors_generators_colours); all distinct.
+  assert variants.COLORED_MEANS.shape == (10, 3)
+  assert len(variants.COLORED_MEAN_NAMES) == 10
   d = np.linalg.norm(variants.COLORED_MEANS[:, None]
                      - variants.COLORED_MEANS[None], axis=-1)
-  assert d[~np.eye(10, dtype=bool)].min() > 0.7  # 5 noise std apart
+  assert d[~np.eye(10, dtype=bool)].min() > 0.1
   assert np.linalg.norm(variants.COLORED_MEANS, axis=-1).min() > 0.7
+
+
+def measure_colored_means(variables, samples: int, seed: int = 0):
+  """Per-class mean foreground colour of an MNIST CGN, in [0, 1].
+
+  The f_text1 output (tanh, mapped to [0, 1]) averaged over pixels and
+  `samples` noise vectors per class, weighted by the clamped mask; eval-mode
+  BatchNorm. How `variants.COLORED_MEANS` was measured (samples=1000).
+  """
+  from cgn_jax.models import cgn as cgn_lib  # pylint: disable=g-import-not-at-top
+  model = cgn_lib.CGN()
+
+  @jax.jit
+  def means(key):
+    y = jnp.repeat(jnp.arange(10), samples)
+    u = jax.random.normal(key, (10 * samples, model.latent_sz))
+    fg = model.apply(variables, u, y, train=False,
+                     method=cgn_lib.CGN.foreground)
+    mask = jnp.clip(model.apply(variables, u, y, train=False,
+                                method=cgn_lib.CGN.shape),
+                    cgn_lib.MASK_MIN, cgn_lib.MASK_MAX)
+    num = (mask * (fg + 1) / 2).reshape(10, samples, -1, 3).sum((1, 2))
+    return num / mask.reshape(10, samples, -1, 1).sum((1, 2))
+
+  return np.asarray(means(jax.random.PRNGKey(seed)))
+
+
+# 250 noise vectors per class instead of the 1000 of the measurement keep
+# the test cheap; two seeds at 1000 differ by <= 0.014, so 250 stay within
+# about 0.03 of the constants.
+COLORED_MEANS_TOL = 0.05
+
+
+@pytest.mark.torch
+@pytest.mark.shared
+def test_colored_means_are_the_authors_generators_colours():
+  from converters import cgn_mnist as cgn_convert  # pylint: disable=g-import-not-at-top
+  from converters import common  # pylint: disable=g-import-not-at-top
+  ckpt = paths.upstream_dir() / "cgn_colored_MNIST.pth"
+  variables = cgn_convert.convert(common.load_torch_state_dict(ckpt))
+  got = measure_colored_means(variables, samples=250)
+  err = np.abs(got - variants.COLORED_MEANS).max()
+  assert err <= COLORED_MEANS_TOL, (err, np.round(got * 255))
 
 
 # ---------------------------------------------------------------- variants
@@ -204,8 +252,10 @@ PREDICT = {"colored": _predict_colored,
            "double_colored": _predict_double_colored,
            "wildlife": _predict_wildlife}
 # Accuracy of each classifier at reading the nuisance index; colored's
-# per-image colour noise (std 0.14) makes neighbouring means overlap a bit.
-MIN_ACCURACY = {"colored": {"fg": 0.97},
+# per-image colour noise (std 0.14) makes neighbouring means overlap: the
+# authors' palette has pairs 0.15 apart (yellow / yellow-green), so a
+# nearest-mean reading of the colour is right ~82 % of the time.
+MIN_ACCURACY = {"colored": {"fg": 0.75},
                 "double_colored": {"fg": 1.0, "bg": 1.0},
                 "wildlife": {"fg": 0.9, "bg": 0.95, "joint": 0.99}}
 
