@@ -61,6 +61,8 @@ def get_config(variant: str, arg: str | None = None
   c.trainer = "cgn_mnist"
   c.dataset = variant
   c.seed = 0
+  # True redoes a workdir whose provenance differs (else that is an error).
+  c.overwrite = False
 
   # Loop (SPEC §2.6 effective values, §2.7).
   c.batch_size = 16
