@@ -269,6 +269,10 @@ def counterfactual_forward(model, variables, u, ys, truncation: float):
   return model.apply(variables, u, *y, truncation, method=_counterfactual)
 
 
+# Module-level, so repeated sheets of one shape reuse one compilation.
+_forward_jit = jax.jit(counterfactual_forward, static_argnums=(0, 4))
+
+
 def _mesh():
   return jax.make_mesh((jax.device_count(),), ("data",))
 
@@ -497,7 +501,7 @@ def interpolate(model, variables, ys: Sequence[int], *, interp: str,
     raise ValueError(f"noise must have shape (1, {model.z_dim}), got "
                      f"{u.shape}")
   frames = midpoints + 2
-  out = jax.jit(counterfactual_forward, static_argnums=(0, 4))(
+  out = _forward_jit(
       model, variables, jnp.repeat(jnp.asarray(u), frames, axis=0),
       tuple(jnp.asarray(v) for v in vecs), float(truncation))
   out = jax.tree.map(np.asarray, out)
@@ -521,9 +525,11 @@ def counterfactual_grid(model, variables, classes: Sequence[int], *, u=None,
   n = len(cs)
   grid = np.array([(s, t, b) for s in cs for t in cs for b in cs], np.int32)
   u = fixed_noise() if u is None else np.asarray(u, np.float32)
-  out = jax.jit(counterfactual_forward, static_argnums=(0, 4))(
+  eye = np.eye(model.num_classes, dtype=np.float32)  # as interpolate()
+  out = _forward_jit(
       model, variables, jnp.repeat(jnp.asarray(u), len(grid), axis=0),
-      tuple(jnp.asarray(grid[:, k]) for k in range(3)), float(truncation))
+      tuple(jnp.asarray(eye[grid[:, k]]) for k in range(3)),
+      float(truncation))
   x = np.asarray(out["x_gen"])
   return x.reshape((n, n * n) + x.shape[1:])
 
