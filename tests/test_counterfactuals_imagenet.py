@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgn_jax import counterfactuals_imagenet as cf
+from cgn_jax.counterfactuals import imagenet as cf
 from cgn_jax.data import imagenet_classes
 from cgn_jax.data import records
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cgn_jax import counterfactuals_imagenet as cf
+from cgn_jax.counterfactuals import imagenet as cf
 from cgn_jax.sample import __main__ as sample_cli
 from cgn_jax.sample import cgn_imagenet as sample_lib
 

@@ -21,7 +21,7 @@ column j * n + k texture class j and background class k.
 
 Noise: `--noise FILE` (.npy or whitespace-separated text, 128 values),
 default upstream's `imagenet/data/u_fixed.pth` (shipped as
-`counterfactuals_imagenet.U_FIXED`; convert another .pth with
+`cgn_jax.counterfactuals.imagenet.U_FIXED`; convert another .pth with
 `np.save(f, torch.load(p).numpy())`). The default truncation 0.3 is the
 README's interpolation example (u_fixed was drawn at about 0.3, SPEC §4.6).
 Images map [-1, 1] -> [0, 255]; masks [0, 1] -> [0, 255] (upstream
@@ -32,7 +32,7 @@ import pathlib
 
 import numpy as np
 
-from cgn_jax import counterfactuals_imagenet as cf
+from cgn_jax.counterfactuals import imagenet as cf
 
 
 def load_noise(path) -> np.ndarray:

@@ -40,7 +40,6 @@ linear in the class vector, so the blend is a soft one-hot.
 
 import concurrent.futures
 import functools
-import hashlib
 import os
 import pathlib
 from typing import Any, Iterator, Sequence
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgn_jax import weights
 from cgn_jax.data import imagenet_classes
 from cgn_jax.data import records
 from cgn_jax.models import imagenet_cgn
@@ -120,20 +120,12 @@ def smoke_variables(model, seed: int = 0) -> dict:
 
 
 def variables_sha256(variables) -> str:
-  """sha256 over every leaf (path, dtype, shape, bytes), in path order.
+  """The weights' identity in a dataset's metadata (`weights.fingerprint`).
 
-  Identifies the weights a dataset was made with, whatever file they came
-  from (a converted checkpoint, a training run, random smoke weights).
+  sha256 over every leaf's path, dtype, shape and bytes: it names the
+  weights a dataset was made with, whatever file they came from.
   """
-  h = hashlib.sha256()
-  leaves = sorted(((jax.tree_util.keystr(p), x) for p, x in
-                   jax.tree_util.tree_leaves_with_path(variables)),
-                  key=lambda t: t[0])
-  for path, x in leaves:
-    x = np.ascontiguousarray(np.asarray(x))
-    h.update(f"{path}|{x.dtype.str}|{x.shape}|".encode())
-    h.update(x.tobytes())
-  return h.hexdigest()
+  return weights.fingerprint(variables)
 
 
 def load_cgn(spec: str, dtype: str = "float32"):
