@@ -173,3 +173,24 @@ def test_generate_config_smoke(cgn, tmp_path):
   assert (out["export"] / "labels.csv").read_text().count("\n") == 17
   assert records.read_metadata(out["counterfactuals"])["metadata"][
       "cgn_sha256"] == cf.variables_sha256(cgn[1])
+
+
+def test_generate_py_dispatches_imagenet_and_fails_in_one_line(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("CGN_JAX_VERBOSE", None)
+  proc = subprocess.run(
+      [sys.executable, "generate.py",
+       "--config=configs/counterfactuals_imagenet.py",
+       f"--workdir={tmp_path}", f"--config.cgn={tmp_path / 'nope'}",
+       "--no-cpu-defaults"], cwd=root, env=env, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("generate.py")]
+  assert len(lines) == 1 and "converters cgn-imagenet" in lines[0], (
+      proc.stderr[-2000:])
+  assert not (tmp_path / "counterfactuals").exists()

@@ -69,6 +69,7 @@ def biggan_batches(model, variables, *, num: int, batch_size: int,
   """uint8 BigGAN images with generate.py's noise and (shape) classes."""
   step = _biggan_step(model, float(truncation))
   key = jax.random.PRNGKey(seed)
+  variables = jax.device_put(variables)  # once, not per call
   for s in range(0, num, batch_size):
     n = min(batch_size, num - s)
     yield np.asarray(step(variables, key, s + jnp.arange(batch_size)))[:n]
