@@ -194,3 +194,40 @@ def test_generate_py_dispatches_imagenet_and_fails_in_one_line(tmp_path):
   assert len(lines) == 1 and "converters cgn-imagenet" in lines[0], (
       proc.stderr[-2000:])
   assert not (tmp_path / "counterfactuals").exists()
+
+
+_TWO_DEVICES = """
+import sys
+import jax
+assert jax.device_count() == 2, jax.devices()
+from cgn_jax.counterfactuals import imagenet as cf
+model = cf.smoke_model()
+cf.write_dataset(sys.argv[1], model, cf.smoke_variables(model), num={num},
+                 seed=3, batch_size={batch}, shard_size={shard},
+                 fields={fields!r}, progress=False, workers=2)
+"""
+
+
+def test_batches_shard_over_two_devices(dataset, tmp_path):
+  """The same dataset from a 2-device mesh (each device half a batch)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=str(root))
+  script = _TWO_DEVICES.format(num=NUM, batch=BATCH, shard=SHARD,
+                               fields=FIELDS)
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "d2")],
+                        cwd=root, env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  one = records.CounterfactualSource(dataset)
+  two = records.CounterfactualSource(tmp_path / "d2")
+  np.testing.assert_array_equal(two.labels(), one.labels())
+  for i in range(NUM):
+    a, b = one[i], two[i]
+    assert np.abs(a["mask"].astype(int) - b["mask"]).max() <= 1
+    assert np.abs(a["image"].astype(int) - b["image"]).mean() < 1
