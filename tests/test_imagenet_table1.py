@@ -43,5 +43,18 @@ def test_inception_score_cli_images(tmp_path, capsys):
   assert is_cli.main(["--weights", "random", "--images", str(tmp_path),
                       "--splits", "2", "--batch-size", "4"]) == 0
   assert "over 2 splits of 5 images" in capsys.readouterr().out
+  # A generate.py dataset directory works the same way.
+  from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
+  w = records.ShardedWriter(tmp_path / "ds", num=6, shard_size=4,
+                            metadata={})
+  images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+  for s in range(2):
+    a, b = w.shard_range(s)
+    w.write_shard(s, records.encode_records(
+        a, images[a:b], np.zeros((b - a, 3), int), quality=90))
+  assert is_cli.main(["--weights", "random", "--images",
+                      str(tmp_path / "ds"), "--num", "5", "--splits", "2",
+                      "--batch-size", "4"]) == 0
+  assert "over 2 splits of 5 images" in capsys.readouterr().out
   with pytest.raises(FileNotFoundError, match="no"):
     is_cli.main(["--weights", "random", "--images", str(tmp_path / "none")])
