@@ -65,10 +65,9 @@ def _inception_setup(dtype: str, batch: int):
   def setup():
     from cgn_jax.evaluation import inception_score as is_lib  # pylint: disable=g-import-not-at-top
     from cgn_jax.models import inception  # pylint: disable=g-import-not-at-top
-    # pylint: disable-next=g-import-not-at-top
-    from converters import inception_v3 as inception_convert
+    from cgn_jax.models import inception_weights  # pylint: disable=g-import-not-at-top
     model = inception.InceptionV3(dtype=jnp.dtype(dtype))
-    variables = jax.device_put(inception_convert.random_variables(0))
+    variables = jax.device_put(inception_weights.random_variables(0))
     images = jax.device_put(np.random.default_rng(0).uniform(
         -1, 1, (batch, 256, 256, 3)).astype(np.float32))
     predict = is_lib.make_predict_fn(model)

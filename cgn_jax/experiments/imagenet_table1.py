@@ -112,9 +112,8 @@ def run(cgn_specs: dict, inception_spec: str, *, num: int, splits: int,
   """Scores every given CGN (+ the BigGAN row from the full CGN)."""
   from cgn_jax.counterfactuals import imagenet  # pylint: disable=g-import-not-at-top
   from cgn_jax.experiments import inception_score as is_cli  # pylint: disable=g-import-not-at-top
-  # pylint: disable-next=g-import-not-at-top
-  from converters import inception_v3 as inception_convert
-  inception_variables, _ = inception_convert.load(inception_spec)
+  from cgn_jax.models import inception_weights  # pylint: disable=g-import-not-at-top
+  inception_variables, _ = inception_weights.load(inception_spec)
   rows = {}
   for key, spec in cgn_specs.items():
     model, variables, info = imagenet.load_cgn(spec, dtype)

@@ -151,9 +151,8 @@ def main(argv=None) -> int:
                       choices=("float32", "bfloat16"))
   parser.add_argument("--json", help="also write the result here")
   args = parser.parse_args(argv)
-  # pylint: disable-next=g-import-not-at-top
-  from converters import inception_v3 as inception_convert
-  inception_variables, meta = inception_convert.load(args.weights)
+  from cgn_jax.models import inception_weights  # pylint: disable=g-import-not-at-top
+  inception_variables, meta = inception_weights.load(args.weights)
   if args.cgn:
     from cgn_jax.counterfactuals import imagenet  # pylint: disable=g-import-not-at-top
     model, variables, info = imagenet.load_cgn(args.cgn, args.dtype)
