@@ -31,8 +31,10 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The ImageNet counterfactual-generation config (module docstring)."""
-  a = common.parse_arg(arg, smoke=False, num=100_000, seed=0, mode="random",
-                       batch_size=64)
+  # Smoke changes the defaults; typed overrides still win (`smoke,num=32`).
+  smoke = "smoke" in (arg or "").split(",")
+  a = common.parse_arg(arg, smoke=False, num=16 if smoke else 100_000,
+                       seed=0, mode="random", batch_size=8 if smoke else 64)
   c = ml_collections.ConfigDict()
   c.dataset = "imagenet"      # generate.py dispatch
   c.cgn = ""                  # converted CGN directory, or 'random' (smoke)
@@ -52,8 +54,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.run_name = ""             # image name prefix of the export
   if a.smoke:
     c.cgn = "random"
-    c.num = 16
-    c.batch_size = 8
     c.shard_size = 8
     c.export_dir = "upstream/train_smoke"
   return c

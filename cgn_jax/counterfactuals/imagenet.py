@@ -206,6 +206,15 @@ def draw_inputs(key, indices, *, mode: str, classes=None,
   Returns:
     (u [B, z_dim] float32, ys [B, 3] int32 (shape, texture, background)).
   """
+  return _draw(jnp.asarray(key), jnp.asarray(indices, jnp.int32), mode=mode,
+               classes=tuple(classes) if classes is not None else None,
+               truncation=float(truncation), z_dim=int(z_dim),
+               num_classes=int(num_classes))
+
+
+@functools.partial(jax.jit, static_argnames=("mode", "classes", "truncation",
+                                             "z_dim", "num_classes"))
+def _draw(key, indices, *, mode, classes, truncation, z_dim, num_classes):
   lists = [jnp.asarray(c, jnp.int32) for c in imagenet_classes.BEST_CLASSES]
 
   def one(i):
@@ -222,7 +231,7 @@ def draw_inputs(key, indices, *, mode: str, classes=None,
       ys = jnp.asarray(classes, jnp.int32)
     return u, ys
 
-  return jax.vmap(one)(jnp.asarray(indices, jnp.int32))
+  return jax.vmap(one)(indices)
 
 
 # ---------------------------------------------------------------- forward --
