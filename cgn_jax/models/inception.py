@@ -26,6 +26,7 @@ features before `fc`, what FID uses), 'logits' [B, num_classes]} plus
 'aux_logits' when asked.
 """
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -238,7 +239,11 @@ def init_variables(key, model: InceptionV3 | None = None):
                                    jnp.float32))
 
 
+@functools.lru_cache(maxsize=4)
 def abstract_variables(model: InceptionV3 | None = None):
-  """ShapeDtypeStructs of `init_variables` without computing anything."""
+  """ShapeDtypeStructs of `init_variables` without computing anything.
+
+  Cached (tracing the model takes a second or two): do not mutate the result.
+  """
   return jax.eval_shape(lambda k: init_variables(k, model),
                         jax.random.PRNGKey(0))
