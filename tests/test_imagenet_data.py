@@ -1,0 +1,195 @@
+"""ImageNet / counterfactual input pipelines on tiny synthetic folders."""
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from cgn_jax.data import imagenet
+from cgn_jax.data import transforms as T
+
+WNIDS = ("n01440764", "n01443537", "n15075141")  # class indices 0, 1, 999
+
+
+def _write_images(folder, n, seed, size=(40, 30), ext=".JPEG"):
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    x = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(x).save(folder / f"img_{i:03d}{ext}",
+                            format="PNG" if ext == ".png" else "JPEG")
+
+
+@pytest.fixture
+def folder(tmp_path):
+  for c, name in enumerate(WNIDS):
+    _write_images(tmp_path / "train" / name, 3 + c, seed=c)
+  (tmp_path / "train" / WNIDS[0] / "notes.txt").write_text("not an image")
+  return tmp_path
+
+
+def _write_cf(root, split, n, seed=0):
+  sub = root / f"{split}_run0"
+  _write_images(sub / "ims", 0, seed)
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 1000, (n, 3))
+  # upstream's own (index-column) header form
+  lines = [",im_name,shape_cls,texture_cls,bg_cls"]
+  for i in range(n):
+    name = f"RUN_{i:07d}"
+    x = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(x).save(sub / "ims" / f"{name}_x_gen.jpg")
+    lines.append(f",{name},{labels[i, 0]},{labels[i, 1]},{labels[i, 2]}")
+  (sub / "labels.csv").write_text("\n".join(lines) + "\n")
+  return labels
+
+
+def test_class_index_follows_imagenet_json(folder):
+  src = imagenet.imagenet_split(folder, "train")
+  assert len(src) == 3 + 4 + 5
+  np.testing.assert_array_equal(np.bincount(src.labels["label"],
+                                            minlength=1000)[[0, 1, 999]],
+                                [3, 4, 5])
+  assert src.classes[999] == "n15075141" and len(src.classes) == 1000
+  rec = src[0]
+  assert rec["label"] == 0 and rec["encoded"][:2] == b"\xff\xd8"
+
+
+def test_other_folder_names_are_sorted(tmp_path):
+  for name in ("zebra", "apple", "mango"):
+    _write_images(tmp_path / name, 2, seed=1, ext=".png")
+  src = imagenet.image_folder(tmp_path)
+  assert src.classes == ("apple", "mango", "zebra")
+  np.testing.assert_array_equal(src.labels["label"], [0, 0, 1, 1, 2, 2])
+
+
+def test_missing_folder_names_data_and_source(tmp_path):
+  with pytest.raises(imagenet.DataError, match="image-net.org"):
+    imagenet.imagenet_split(tmp_path, "val")
+  (tmp_path / "val" / "n01440764").mkdir(parents=True)
+  with pytest.raises(imagenet.DataError, match="no class folders"):
+    imagenet.imagenet_split(tmp_path, "val")
+  with pytest.raises(imagenet.DataError, match="generate.py"):
+    imagenet.counterfactual_source(tmp_path / "nope")
+
+
+def test_missing_tfds_dataset_explains_tensorflow(tmp_path):
+  with pytest.raises(imagenet.DataError, match="needs TensorFlow to prepare"):
+    imagenet.tfds_source("validation", data_dir=tmp_path)
+
+
+def test_eval_batches_pad_and_normalise(folder):
+  src = imagenet.imagenet_split(folder, "train")
+  ds = imagenet.eval_dataset(src, 5, size=32)
+  assert len(ds) == 3  # 12 images: 5 + 5 + 2 (padded)
+  got = list(imagenet.batches(ds))
+  assert [b["mask"].sum() for b in got] == [5, 5, 2]
+  last = got[-1]
+  assert last["image"].shape == (5, 32, 32, 3)
+  assert last["image"].dtype == np.float32 and last["label"].dtype == np.int32
+  np.testing.assert_array_equal(last["label"][:2], [999, 999])
+  want = T.normalize(T.eval_image(T.load_rgb(src.paths[-1]), 36, 32))
+  np.testing.assert_array_equal(last["image"][1], want)
+  labels = np.concatenate([b["label"][b["mask"]] for b in got])
+  np.testing.assert_array_equal(labels, src.labels["label"])
+
+
+def test_eval_shards_partition_each_global_batch(folder):
+  src = imagenet.imagenet_split(folder, "train")
+  whole = list(imagenet.batches(imagenet.eval_dataset(src, 4, size=32)))
+  parts = [list(imagenet.batches(imagenet.eval_dataset(
+      src, 4, size=32, shard_index=i, shard_count=2))) for i in range(2)]
+  for w, p0, p1 in zip(whole, *parts):
+    for k in ("image", "label", "mask"):
+      np.testing.assert_array_equal(w[k], np.concatenate([p0[k], p1[k]]))
+
+
+def test_counterfactual_upstream_layout(tmp_path):
+  labels = _write_cf(tmp_path, "train", 5)
+  _write_cf(tmp_path, "val", 2, seed=1)
+  src = imagenet.counterfactual_source(tmp_path, "train")
+  assert len(src) == 5
+  for j, k in enumerate(imagenet.CF_LABELS):
+    np.testing.assert_array_equal(src.labels[k], labels[:, j])
+  assert len(imagenet.counterfactual_source(tmp_path, "val")) == 2
+  batch = next(imagenet.batches(imagenet.eval_dataset(src, 8, size=32)))
+  assert set(batch) == {"image", "mask", *imagenet.CF_LABELS}
+  np.testing.assert_array_equal(batch["texture_label"][:5], labels[:, 1])
+
+
+def test_counterfactual_pool_resampling():
+  rng = np.random.default_rng(0)
+  # Pool of 4, epoch needs 10: replicated 3x (12), 10 drawn without
+  # replacement, so every image appears 2 or 3 times.
+  idx = imagenet.counterfactual_pool(4, 10, rng)
+  counts = np.bincount(idx, minlength=4)
+  assert counts.sum() == 10 and counts.min() >= 2 and counts.max() <= 3
+  # A pool larger than the epoch: a subset without repeats.
+  idx = imagenet.counterfactual_pool(100, 30, rng)
+  assert len(set(idx.tolist())) == 30
+  assert imagenet.counterfactual_pool(5, 0, rng).shape == (0,)
+
+
+def test_mixed_epoch_shapes_labels_and_resampling(folder, tmp_path):
+  real = imagenet.imagenet_split(folder, "train")
+  cf_labels = _write_cf(tmp_path / "cf", "train", 7)
+  cf = imagenet.counterfactual_source(tmp_path / "cf", "train")
+  ds = imagenet.mixed_epoch(real, cf, 4, cf_ratio=0.5, seed=3, size=32)
+  assert len(ds) == 3  # 12 real // 4
+  steps = list(imagenet.batches(ds))
+  b = steps[0]
+  assert b["real"]["image"].shape == (4, 32, 32, 3)
+  assert b["cf"]["image"].shape == (2, 32, 32, 3)
+  assert b["real"]["image"].dtype == np.float32
+  real_idx, cf_idx = imagenet.epoch_order(len(real), len(cf), 4, 0.5, 3, 0)
+  for s, batch in enumerate(steps):
+    np.testing.assert_array_equal(batch["real"]["label"],
+                                  real.labels["label"][real_idx[s]])
+    for j, k in enumerate(imagenet.CF_LABELS):
+      np.testing.assert_array_equal(batch["cf"][k], cf_labels[cf_idx[s], j])
+  # Every real image at most once per epoch; a fresh draw next epoch.
+  assert len(set(real_idx.ravel().tolist())) == 12
+  real1, cf1 = imagenet.epoch_order(len(real), len(cf), 4, 0.5, 3, 1)
+  assert not np.array_equal(cf_idx, cf1)
+  assert not np.array_equal(real_idx, real1)
+  # The same seed and epoch give the same pixels.
+  again = next(imagenet.batches(imagenet.mixed_epoch(
+      real, cf, 4, cf_ratio=0.5, seed=3, size=32)))
+  np.testing.assert_array_equal(again["cf"]["image"], b["cf"]["image"])
+  np.testing.assert_array_equal(again["real"]["image"], b["real"]["image"])
+  other = next(imagenet.batches(imagenet.mixed_epoch(
+      real, cf, 4, cf_ratio=0.5, seed=4, size=32)))
+  assert not np.array_equal(other["real"]["image"], b["real"]["image"])
+
+
+def test_mixed_epoch_real_only_and_errors(folder):
+  real = imagenet.imagenet_split(folder, "train")
+  b = next(imagenet.batches(imagenet.mixed_epoch(real, None, 6, cf_ratio=0,
+                                                 size=32, normalize=False)))
+  assert set(b) == {"real"} and b["real"]["image"].dtype == np.uint8
+  with pytest.raises(imagenet.DataError, match="cf_ratio=0"):
+    imagenet.mixed_epoch(real, None, 6, cf_ratio=1)
+  with pytest.raises(ValueError, match="fewer than one"):
+    imagenet.mixed_epoch(real, None, 64, cf_ratio=0)
+
+
+def test_mixed_epoch_shards_and_workers_give_the_same_batches(folder,
+                                                              tmp_path):
+  real = imagenet.imagenet_split(folder, "train")
+  _write_cf(tmp_path / "cf", "train", 5)
+  cf = imagenet.counterfactual_source(tmp_path / "cf", "train")
+  kw = dict(cf_ratio=1.0, seed=1, epoch=2, size=32, normalize=False)
+  whole = list(imagenet.batches(imagenet.mixed_epoch(real, cf, 4, **kw)))
+  halves = [list(imagenet.batches(imagenet.mixed_epoch(
+      real, cf, 4, shard_index=i, shard_count=2, **kw))) for i in range(2)]
+  for w, h0, h1 in zip(whole, *halves):
+    for part in ("real", "cf"):
+      for k in w[part]:
+        np.testing.assert_array_equal(
+            w[part][k], np.concatenate([h0[part][k], h1[part][k]]))
+  # Two decoding processes: the very same batches, in order.
+  mp = list(imagenet.batches(imagenet.mixed_epoch(real, cf, 4, **kw),
+                             worker_count=2))
+  assert len(mp) == len(whole)
+  for w, m in zip(whole, mp):
+    np.testing.assert_array_equal(w["real"]["image"], m["real"]["image"])
+    np.testing.assert_array_equal(w["cf"]["bg_label"], m["cf"]["bg_label"])
