@@ -128,3 +128,14 @@ def test_normalize_is_torchvision_arithmetic():
   np.testing.assert_array_equal(got[0, 0], np.array(want, np.float32))
   np.testing.assert_allclose(T.normalize(x, T.IN9_MEAN, T.IN9_STD)[0, 0, 0],
                              (0 - 0.4717) / 0.26, rtol=1e-6)
+
+
+def test_normalize_table_equals_arithmetic():
+  x = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), np.uint8)
+  for mean, std in ((T.IMAGENET_MEAN, T.IMAGENET_STD),
+                    (T.IN9_MEAN, T.IN9_STD)):
+    want = ((x.astype(np.float32) / np.float32(255) - np.float32(mean))
+            / np.float32(std))
+    np.testing.assert_array_equal(T.normalize(x, mean, std), want)
+  np.testing.assert_array_equal(T.normalize(x.astype(np.float32)),
+                                T.normalize(x))
