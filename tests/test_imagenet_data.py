@@ -193,3 +193,21 @@ def test_mixed_epoch_shards_and_workers_give_the_same_batches(folder,
   for w, m in zip(whole, mp):
     np.testing.assert_array_equal(w["real"]["image"], m["real"]["image"])
     np.testing.assert_array_equal(w["cf"]["bg_label"], m["cf"]["bg_label"])
+
+
+def test_example_source_for_trainers(folder, tmp_path):
+  real = imagenet.imagenet_split(folder, "train")
+  ex = imagenet.ExampleSource(real).get(11)
+  assert ex["label"] == 999 and ex["image"].shape == (224, 224, 3)
+  np.testing.assert_array_equal(
+      ex["image"], T.normalize(T.eval_image(T.load_rgb(real.paths[11]))))
+  _write_cf(tmp_path / "cf", "train", 3)
+  cf = imagenet.ExampleSource(
+      imagenet.counterfactual_source(tmp_path / "cf"),
+      rename={"shape_label": "shape", "texture_label": "texture",
+              "bg_label": "bg"}, size=32)
+  a = cf.get(1, np.random.default_rng(0))
+  b = cf.get(1, np.random.default_rng(0))
+  assert set(a) == {"image", "shape", "texture", "bg"}
+  assert a["image"].shape == (32, 32, 3)
+  np.testing.assert_array_equal(a["image"], b["image"])

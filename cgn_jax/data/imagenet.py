@@ -365,6 +365,37 @@ def _labels_of(record: dict) -> dict:
   return {k: v for k, v in record.items() if k.endswith("label")}
 
 
+class ExampleSource:
+  """Per-example access for trainers that batch themselves.
+
+  `get(index, rng)` returns {'image': float32 [size, size, 3] normalised
+  with ImageNet statistics, labels}: the training augmentation
+  (RandomResizedCrop + flip, drawn from `rng`) when rng is given, else the
+  evaluation transform. `rename` maps record label keys to the trainer's
+  (e.g. {'shape_label': 'shape'}). The grain pipelines above are the fast
+  path; this is the same transforms one image at a time.
+  """
+
+  def __init__(self, source, rename: dict | None = None,
+               size: int = transforms.CROP):
+    self.source, self.rename, self.size = source, dict(rename or {}), size
+
+  def __len__(self):
+    return len(self.source)
+
+  def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
+    record = self.source[int(index)]
+    img = decode(record)
+    if rng is None:
+      x = transforms.eval_image(img, self.size * 8 // 7, self.size)
+    else:
+      x = transforms.train_image(img, rng, self.size)
+    out = {"image": transforms.normalize(x)}
+    for k, v in _labels_of(record).items():
+      out[self.rename.get(k, k)] = v
+    return out
+
+
 # ------------------------------------------------------------- evaluation --
 
 
