@@ -73,7 +73,7 @@ def test_missing_folder_names_data_and_source(tmp_path):
 
 
 def test_missing_tfds_dataset_explains_tensorflow(tmp_path):
-  with pytest.raises(imagenet.DataError, match="needs TensorFlow to prepare"):
+  with pytest.raises(imagenet.DataError, match="needs TensorFlow to prepare.*imagenet_tfds.prepare"):
     imagenet.tfds_source("validation", data_dir=tmp_path)
 
 
@@ -211,3 +211,60 @@ def test_example_source_for_trainers(folder, tmp_path):
   assert set(a) == {"image", "shape", "texture", "bg"}
   assert a["image"].shape == (32, 32, 3)
   np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def _tar_add(tar, name, data):
+  import io as _io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, _io.BytesIO(data))
+
+
+def _jpeg_bytes(seed):
+  import io as _io  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(seed).integers(0, 256, (20, 30, 3), np.uint8)
+  buf = _io.BytesIO()
+  Image.fromarray(x).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+def test_tf_free_tfds_imagenet_builder(tmp_path):
+  import io as _io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from cgn_jax.data import imagenet_tfds  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  # train: a tar of per-class tars, as the ILSVRC2012 download
+  images = {}
+  with tarfile.open(manual / imagenet_tfds.TRAIN_TAR, "w") as outer:
+    for c, (wnid, n) in enumerate((("n01440764", 2), ("n15075141", 1))):
+      buf = _io.BytesIO()
+      with tarfile.open(fileobj=buf, mode="w") as inner:
+        for i in range(n):
+          name = f"{wnid}_{i}.JPEG"
+          images[name] = _jpeg_bytes(10 * c + i)
+          _tar_add(inner, name, images[name])
+      _tar_add(outer, f"{wnid}.tar", buf.getvalue())
+  # validation: flat, labelled by TFDS's list in sorted name order
+  with tarfile.open(manual / imagenet_tfds.VAL_TAR, "w") as tar:
+    for i in (2, 1, 3):  # tar order differs from the sorted order
+      name = f"ILSVRC2012_val_{i:08d}.JPEG"
+      images[name] = _jpeg_bytes(100 + i)
+      _tar_add(tar, name, images[name])
+  data_dir = tmp_path / "tfds"
+  imagenet_tfds.prepare(manual, data_dir)
+  train = imagenet.tfds_source("train", data_dir)
+  assert train.name == "cgn_imagenet2012" and len(train) == 3
+  got = sorted((train[i]["label"], train[i]["encoded"]) for i in range(3))
+  assert [g[0] for g in got] == [0, 0, 999]
+  assert {g[1] for g in got} == {images[f"n01440764_{i}.JPEG"]
+                                 for i in range(2)} | {
+                                     images["n15075141_0.JPEG"]}
+  val = imagenet.tfds_source("validation", data_dir)
+  wnids = imagenet.imagenet_wnids()
+  want = {images[f"ILSVRC2012_val_{i:08d}.JPEG"]: wnids.index(w) for i, w in
+          zip((1, 2, 3), ("n01751748", "n09193705", "n02105855"))}
+  assert {val[i]["encoded"]: val[i]["label"] for i in range(3)} == want
+  batch = next(imagenet.batches(imagenet.eval_dataset(val, 4, size=32)))
+  assert batch["mask"].sum() == 3

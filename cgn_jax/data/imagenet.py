@@ -181,30 +181,38 @@ class TfdsSource:
 
   Reads ArrayRecord files through `tfds.data_source`, which needs no
   TensorFlow; the JPEG bytes are decoded by the pipeline (PIL) like every
-  other source. TFDS's `imagenet2012` labels are indices into its sorted
-  `labels.txt`, the same order as `imagenet_class_index.json`.
+  other source. The labels of `imagenet2012` and of this project's
+  TF-free `cgn_imagenet2012` (`cgn_jax.data.imagenet_tfds`) index the sorted
+  wnids, the order of `imagenet_class_index.json`.
   """
 
   def __init__(self, split: str, data_dir: os.PathLike | str | None = None,
-               name: str = "imagenet2012"):
+               name: str | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from cgn_jax.data import imagenet_tfds  # pylint: disable=g-import-not-at-top
     data_dir = data_dir or os.environ.get("CGN_TFDS_DIR")
-    try:
-      self._source = tfds.data_source(
-          name, split=split, data_dir=data_dir, download=False,
-          decoders={"image": tfds.decode.SkipDecoding()})
-    except Exception as e:  # TFDS raises several types for "not there"
+    errors = []
+    for n in ([name] if name else ["imagenet2012", imagenet_tfds.NAME]):
+      try:
+        self._source = tfds.data_source(
+            n, split=split, data_dir=data_dir, download=False,
+            decoders={"image": tfds.decode.SkipDecoding()})
+        self.name = n
+        break
+      except Exception as e:  # TFDS raises several types for "not there"
+        errors.append(f"{n}: {type(e).__name__}: {e}")
+    else:
       raise DataError(
-          f"TFDS dataset {name!r} (split {split!r}) is not prepared as "
-          f"ArrayRecord in data_dir {data_dir or '(TFDS default)'}: "
-          f"{type(e).__name__}: {e}. TFDS's stock imagenet2012 builder needs "
-          "TensorFlow to prepare (its split generator reads the manual_dir "
-          "with tf.io.gfile and fixes CMYK JPEGs with tf.image): prepare it "
-          "once on a machine with TensorFlow, `tfds build imagenet2012 "
-          "--manual_dir=DIR_WITH_ILSVRC2012_img_{train,val}.tar "
-          "--file_format=array_record --data_dir=DATA_DIR`, and copy "
-          f"DATA_DIR here; or use the ImageFolder layout. {IMAGENET_HELP}"
-      ) from e
+          f"no prepared TFDS ImageNet (split {split!r}, ArrayRecord) in "
+          f"data_dir {data_dir or '(TFDS default)'} ({'; '.join(errors)}). "
+          "TFDS's stock imagenet2012 builder needs TensorFlow to prepare "
+          "(it reads the manual_dir with tf.io.gfile and re-encodes CMYK "
+          "JPEGs with tf.image); without TensorFlow prepare this project's "
+          "equivalent from the two ILSVRC2012 tar files: "
+          "`cgn_jax.data.imagenet_tfds.prepare(MANUAL_DIR, DATA_DIR)`; or "
+          "prepare imagenet2012 on a machine with TensorFlow (`tfds build "
+          "imagenet2012 --manual_dir=DIR --file_format=array_record`); or "
+          f"use the ImageFolder layout. {IMAGENET_HELP}")
     self.classes = imagenet_wnids()
 
   def __len__(self):
@@ -213,18 +221,22 @@ class TfdsSource:
   def __getitem__(self, i):
     ex = self._source[i]
     image = ex["image"]
-    if isinstance(image, np.ndarray):  # a decoded image (no SkipDecoding)
+    if isinstance(image, np.ndarray) and image.ndim == 3:  # decoded pixels
       return {"array": image, "label": int(ex["label"])}
     return {"encoded": bytes(image), "label": int(ex["label"])}
 
 
 def tfds_source(split: str, data_dir: os.PathLike | str | None = None,
-                name: str = "imagenet2012") -> TfdsSource:
-  """A prepared TFDS ImageNet split ('train' or 'validation'); see TfdsSource.
+                name: str | None = None) -> TfdsSource:
+  """A prepared TFDS ImageNet split ('train' or 'validation').
+
+  Args:
+    split: TFDS split name.
+    data_dir: TFDS data dir (default CGN_TFDS_DIR, else TFDS's default).
+    name: 'imagenet2012' or 'cgn_imagenet2012'; None tries both.
 
   Raises:
-    DataError: the dataset is not prepared (ArrayRecord) in `data_dir`
-      (default CGN_TFDS_DIR, else TFDS's default).
+    DataError: no such dataset is prepared (ArrayRecord) in `data_dir`.
   """
   return TfdsSource(split, data_dir, name)
 
