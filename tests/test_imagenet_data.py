@@ -268,3 +268,42 @@ def test_tf_free_tfds_imagenet_builder(tmp_path):
   assert {val[i]["encoded"]: val[i]["label"] for i in range(3)} == want
   batch = next(imagenet.batches(imagenet.eval_dataset(val, 4, size=32)))
   assert batch["mask"].sum() == 3
+
+
+def _write_records(directory, num, seed):
+  from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num, 24, 24, 3), np.uint8)
+  labels = rng.integers(0, 1000, (num, 3))
+  w = records.ShardedWriter(directory, num=num, shard_size=2,
+                            metadata={"seed": seed})
+  for s in range(w.num_shards):
+    a, b = w.shard_range(s)
+    w.write_shard(s, records.encode_records(a, images[a:b], labels[a:b],
+                                            quality=95))
+  return labels
+
+
+def test_counterfactual_records_and_mixed_layouts(tmp_path, folder):
+  root = tmp_path / "cf"
+  train = _write_records(root / "train", 5, seed=0)
+  up = _write_cf(root, "val", 2, seed=1)  # upstream layout: val_run0
+  val = _write_records(root / "val_records", 3, seed=2)
+  src = imagenet.counterfactual_source(root, "train")
+  assert len(src) == 5
+  for j, k in enumerate(imagenet.CF_LABELS):
+    assert [src[i][k] for i in range(5)] == train[:, j].tolist()
+  assert src[0]["encoded"][:2] == b"\xff\xd8"
+  both = imagenet.counterfactual_source(root, "val")  # val_records, val_run0
+  assert len(both) == 5
+  got = [both[i]["bg_label"] for i in range(5)]
+  assert got == val[:, 2].tolist() + up[:, 2].tolist()
+  # A records dataset passed directly is the training split.
+  assert len(imagenet.counterfactual_source(root / "train")) == 5
+  with pytest.raises(imagenet.DataError, match="single counterfactual"):
+    imagenet.counterfactual_source(root / "train", "val")
+  # It mixes into training epochs, decoded in two worker processes.
+  real = imagenet.imagenet_split(folder, "train")
+  ds = imagenet.mixed_epoch(real, src, 4, cf_ratio=0.5, size=32)
+  steps = list(imagenet.batches(ds, worker_count=2))
+  assert len(steps) == 3 and steps[0]["cf"]["image"].shape == (2, 32, 32, 3)

@@ -14,9 +14,9 @@ decoding happens in the pipeline's workers):
   `tfds.data_source` (ArrayRecord) without TensorFlow; see its docstring for
   preparing.
 * `counterfactual_source(root, split)`: the counterfactual datasets of the
-  CGN (three labels per image) in upstream's layout (`train*/labels.csv`,
-  `train*/ims/{im_name}_x_gen.jpg`), or the project's records
-  (`cgn_jax.data.records`) when present.
+  CGN (three labels per image): the project's records (`cgn_jax.data.
+  records`, written by generate.py) or upstream's layout
+  (`train*/labels.csv`, `train*/ims/{im_name}_x_gen.jpg`).
 
 Pipelines (grain `MapDataset`s; `batches()` turns one into an iterator with
 `worker_count` decoding processes):
@@ -269,11 +269,13 @@ def counterfactual_source(root: os.PathLike | str, split: str = "train",
   """A counterfactual dataset split with its three labels.
 
   Args:
-    root: the dataset folder. The project's record format
-      (`cgn_jax.data.records`) is used when that module recognises it;
-      otherwise upstream's layout: every subfolder whose name starts with
-      `split` ('train' or 'val') holds `labels.csv` (im_name, shape_cls,
-      texture_cls, bg_cls) and `ims/{im_name}_{mode}.jpg`.
+    root: the dataset folder. Every subfolder whose name starts with `split`
+      ('train' or 'val', as upstream's glob) is read and they are
+      concatenated in name order; each is either this project's records
+      (`cgn_jax.data.records`: metadata.json + ArrayRecord shards, written
+      by generate.py) or upstream's layout (`labels.csv` with im_name,
+      shape_cls, texture_cls, bg_cls and `ims/{im_name}_{mode}.jpg`). A
+      records dataset given directly as `root` serves as the 'train' split.
     split: 'train' or 'val'.
     mode: the image suffix of upstream's layout ('x_gen', the composite).
 
@@ -282,29 +284,38 @@ def counterfactual_source(root: os.PathLike | str, split: str = "train",
     'bg_label'} records.
 
   Raises:
-    DataError: the folder, a labels.csv or an image is missing.
+    DataError: the folder, a split, a labels.csv or an image is missing.
   """
   root = pathlib.Path(root).expanduser()
   if not root.is_dir():
     raise DataError(f"counterfactual dataset {root} does not exist. {CF_HELP}")
-  records = _records_source(root, split)
-  if records is not None:
-    return records
+  if _is_records(root):
+    if split != "train":
+      raise DataError(
+          f"{root} is a single counterfactual dataset (used for training); "
+          f"for a {split} split put datasets in {root.parent}/train/ and "
+          f"{root.parent}/{split}/ and pass {root.parent}. {CF_HELP}")
+    return _records_split(root)
   subs = sorted(d for d in root.iterdir()
                 if d.is_dir() and d.name.startswith(split))
-  files, labels = [], []
-  for sub in subs:
-    csv_path = sub / "labels.csv"
-    if not csv_path.is_file():
-      raise DataError(f"{csv_path} is missing. {CF_HELP}")
-    for row in _read_upstream_csv(csv_path):
-      files.append(str(sub / "ims" / f"{row['im_name']}_{mode}.jpg"))
-      labels.append([int(float(row[k])) for k in
-                     ("shape_cls", "texture_cls", "bg_cls")])
-  if not files:
+  parts = [_records_split(d) if _is_records(d) else _upstream_split(d, mode)
+           for d in subs]
+  if not parts:
     raise DataError(f"counterfactual dataset {root} has no {split}* "
-                    f"subfolders with labels.csv. {CF_HELP}")
-  if not os.path.isfile(files[0]):
+                    f"subfolders (records or labels.csv). {CF_HELP}")
+  return parts[0] if len(parts) == 1 else ConcatSource(parts)
+
+
+def _upstream_split(sub: pathlib.Path, mode: str) -> FileSource:
+  csv_path = sub / "labels.csv"
+  if not csv_path.is_file():
+    raise DataError(f"{csv_path} is missing. {CF_HELP}")
+  files, labels = [], []
+  for row in _read_upstream_csv(csv_path):
+    files.append(str(sub / "ims" / f"{row['im_name']}_{mode}.jpg"))
+    labels.append([int(float(row[k])) for k in
+                   ("shape_cls", "texture_cls", "bg_cls")])
+  if files and not os.path.isfile(files[0]):
     raise DataError(f"{files[0]} (listed in labels.csv) is missing. "
                     f"{CF_HELP}")
   labels = np.asarray(labels, np.int32).reshape(-1, 3)
@@ -312,39 +323,51 @@ def counterfactual_source(root: os.PathLike | str, split: str = "train",
                                    for j, k in enumerate(CF_LABELS)})
 
 
-def _records_source(root: pathlib.Path, split: str):
-  """The project's counterfactual records (cgn_jax.data.records), if any.
+def _is_records(path: pathlib.Path) -> bool:
+  from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
+  return (path / records.METADATA).is_file()
 
-  Expected interface of `records` (issue 15): `is_record_dir(path) -> bool`
-  and `open_split(path, split)` returning a random-access source whose
-  records hold JPEG bytes and the three labels. Until that module exists only
-  upstream's layout is read.
-  """
+
+def _records_split(path: pathlib.Path) -> "RecordsSource":
+  from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
   try:
-    from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  is_records = getattr(records, "is_record_dir", None)
-  if is_records is None or not is_records(root):
-    return None
-  return _RecordsAdapter(records.open_split(root, split))
+    return RecordsSource(records.CounterfactualSource(path, decode=False))
+  except (FileNotFoundError, ValueError) as e:
+    raise DataError(f"{e}. {CF_HELP}") from e
 
 
-class _RecordsAdapter:
-  """Renames a records source's fields to this module's record keys."""
+class RecordsSource:
+  """The project's counterfactual records as this module's records."""
 
   def __init__(self, source):
-    self._source = source
+    self.source = source  # records.CounterfactualSource(decode=False)
 
   def __len__(self):
-    return len(self._source)
+    return len(self.source)
 
   def __getitem__(self, i):
-    r = self._source[i]
-    out = {"encoded": bytes(r.get("jpeg", r.get("image", r.get("encoded"))))}
-    for k in CF_LABELS:
-      out[k] = int(r[k] if k in r else r[k.replace("_label", "_cls")])
-    return out
+    r = self.source[i]
+    return {"encoded": r["image"], "shape_label": int(r["shape_cls"]),
+            "texture_label": int(r["texture_cls"]),
+            "bg_label": int(r["bg_cls"])}
+
+
+class ConcatSource:
+  """Several sources one after the other."""
+
+  def __init__(self, sources: Sequence):
+    self.sources = list(sources)
+    self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+  def __len__(self):
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i):
+    i = int(i)
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+    return self.sources[k][i - int(self.offsets[k])]
 
 
 # ------------------------------------------------------------ per-image ops --
