@@ -73,7 +73,8 @@ def test_missing_folder_names_data_and_source(tmp_path):
 
 
 def test_missing_tfds_dataset_explains_tensorflow(tmp_path):
-  with pytest.raises(imagenet.DataError, match="needs TensorFlow to prepare.*imagenet_tfds.prepare"):
+  with pytest.raises(imagenet.DataError,
+                     match="needs TensorFlow to prepare.*imagenet_tfds.prep"):
     imagenet.tfds_source("validation", data_dir=tmp_path)
 
 

@@ -189,7 +189,8 @@ class TfdsSource:
   def __init__(self, split: str, data_dir: os.PathLike | str | None = None,
                name: str | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    from cgn_jax.data import imagenet_tfds  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from cgn_jax.data import imagenet_tfds
     data_dir = data_dir or os.environ.get("CGN_TFDS_DIR")
     errors = []
     for n in ([name] if name else ["imagenet2012", imagenet_tfds.NAME]):

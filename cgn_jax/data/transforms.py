@@ -138,7 +138,7 @@ def eval_image(img: Image.Image, resize: int = RESIZE,
 
 def train_image(img: Image.Image, rng: np.random.Generator,
                 crop: int = CROP) -> np.ndarray:
-  """RandomResizedCrop(224) → RandomHorizontalFlip, as uint8 [crop, crop, 3]."""
+  """RandomResizedCrop(224) → RandomHorizontalFlip: uint8 [crop, crop, 3]."""
   w, h = img.size
   top, left, bh, bw = random_resized_crop_box(rng, w, h)
   out = np.asarray(resized_crop(img, top, left, bh, bw, crop))

@@ -90,7 +90,8 @@ def main(argv=None) -> int:
   names = class_names()
   for rank, label in enumerate(exp.top_labels):
     print(f"top-{rank + 1}: {label} {names[label]} "
-          f"p={exp.probabilities[label]:.4f} (local R² {exp.score[label]:.3f})")
+          f"p={exp.probabilities[label]:.4f} "
+          f"(local R² {exp.score[label]:.3f})")
   temp, mask = lime.image_and_mask(exp, image, exp.top_labels[0],
                                    num_features=args.num_features)
   out = lime.mark_boundaries(temp / 255.0, mask)
