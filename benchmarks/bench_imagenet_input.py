@@ -7,6 +7,8 @@ on stderr says so), repeated to a long epoch. Variants:
 
 * `train_1core`: RandomResizedCrop 224 + flip + normalise, decoded in the
   calling thread only: images/s per CPU core;
+* `train_1core_uint8`: the same without normalising (uint8 batches, to
+  normalise on the accelerator);
 * `eval_1core`: Resize 256 → CenterCrop 224 + normalise, one core;
 * `train_workers`: every core (`os.cpu_count()` grain worker processes).
 
@@ -62,12 +64,13 @@ def _source():
                              {"label": np.tile(src.labels["label"], REPEAT)})
 
 
-def _setup(kind: str, workers: int, threads: int):
+def _setup(kind: str, workers: int, threads: int, normalize: bool = True):
   source = _source()
   if kind == "train":
-    ds = imagenet.mixed_epoch(source, None, BATCH, cf_ratio=0.0)
+    ds = imagenet.mixed_epoch(source, None, BATCH, cf_ratio=0.0,
+                              normalize=normalize)
   else:
-    ds = imagenet.eval_dataset(source, BATCH)
+    ds = imagenet.eval_dataset(source, BATCH, normalize=normalize)
   it = imagenet.batches(ds, worker_count=workers, threads=threads,
                         prefetch=2 * max(threads, 1))
 
@@ -83,6 +86,9 @@ BENCHMARKS = [
     Benchmark(name="imagenet_input/train_1core",
               setup=functools.partial(_setup, "train", 0, 0), batch=BATCH,
               repeats=10, extra={"cores": 1}),
+    Benchmark(name="imagenet_input/train_1core_uint8",
+              setup=functools.partial(_setup, "train", 0, 0, False),
+              batch=BATCH, repeats=10, extra={"cores": 1, "output": "uint8"}),
     Benchmark(name="imagenet_input/eval_1core",
               setup=functools.partial(_setup, "eval", 0, 0), batch=BATCH,
               repeats=10, extra={"cores": 1}),
