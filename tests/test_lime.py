@@ -81,6 +81,7 @@ def test_explain_finds_the_superpixel_that_matters():
   assert (out[mask != 0] == (1, 1, 0)).all(-1).any()
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_cli_smoke(tmp_path):
   pytest.importorskip("cgn_jax.models.ensemble")
   path = tmp_path / "x.jpg"

@@ -179,7 +179,10 @@ def markdown(results: dict, name: str = "this run") -> str:
                  f" | {_f(t1)} | {_f(t5)} |")
   lines += ["", "Shape bias in % (shape hits / (shape + texture hits), "
             "1,200 conflicting stimuli); top-1/top-5 of the averaged logits "
-            "on ImageNet val ([RR]/[BG]: their IN-mini val).", "",
+            "on ImageNet val ([RR]/[BG]: their IN-mini val)."]
+  if sb and sb.get("note"):
+    lines.append(f"This run: {sb['note']}.")
+  lines += ["",
             "## Table 4: backgrounds challenge (accuracy %)", "",
             "| model | IN-9 | Mixed-Same | Mixed-Rand | BG-Gap |",
             "|---|---|---|---|---|"]
