@@ -1,4 +1,7 @@
-"""`python -m converters {vgg16,cgn-mnist,biggan,u2net} --input F --output DIR`."""
+"""`python -m converters NAME --input F --output DIR`.
+
+NAME: vgg16, cgn-mnist, biggan, u2net, resnet50, invariant-ensemble.
+"""
 
 import sys
 
@@ -9,6 +12,9 @@ COMMANDS = {
     "cgn-mnist": ("converters.cgn_mnist", "the authors' MNIST CGN ckp.pth"),
     "biggan": ("converters.biggan", "pytorch-pretrained-biggan weights"),
     "u2net": ("converters.u2net", "U^2-Net / U^2-Netp released weights"),
+    "resnet50": ("converters.resnet50", "torchvision ResNet-50 weights"),
+    "invariant-ensemble": ("converters.resnet50",
+                           "upstream InvariantEnsemble checkpoint"),
 }
 
 
