@@ -308,3 +308,13 @@ def test_counterfactual_records_and_mixed_layouts(tmp_path, folder):
   ds = imagenet.mixed_epoch(real, src, 4, cf_ratio=0.5, size=32)
   steps = list(imagenet.batches(ds, worker_count=2))
   assert len(steps) == 3 and steps[0]["cf"]["image"].shape == (2, 32, 32, 3)
+
+
+def test_example_sources_for_the_trainer(folder, tmp_path):
+  _write_cf(tmp_path / "cf", "train", 3)
+  got = imagenet.example_sources(folder, tmp_path / "cf", image_size=32)
+  assert len(got["real_train"]) == 12 and got["real_val"] is None
+  assert got["cf_val"] is None and len(got["cf_train"]) == 3
+  ex = got["cf_train"].get(0, np.random.default_rng(0))
+  assert set(ex) == {"image", "shape", "texture", "bg"}
+  assert imagenet.example_sources(folder)["cf_train"] is None

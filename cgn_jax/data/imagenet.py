@@ -432,6 +432,55 @@ class ExampleSource:
     return out
 
 
+CF_RENAME = {"shape_label": "shape", "texture_label": "texture",
+             "bg_label": "bg"}
+
+
+def example_sources(root: os.PathLike | str,
+                    counterfactuals: os.PathLike | str | None = None,
+                    image_size: int = transforms.CROP) -> dict:
+  """The four per-example sources a classifier trainer needs.
+
+  Args:
+    root: an ImageFolder ImageNet holding train/ and val/, or 'tfds' (a
+      prepared TFDS ImageNet in CGN_TFDS_DIR).
+    counterfactuals: a counterfactual dataset (train*/ and val*/), or None.
+    image_size: crop side.
+
+  Returns:
+    {'real_train', 'real_val', 'cf_train', 'cf_val'}: ExampleSources with
+    labels 'label' (real) and 'shape', 'texture', 'bg' (counterfactual);
+    None where absent (no val/ folder, no counterfactuals, no val* split).
+
+  Raises:
+    DataError: the training images are missing.
+  """
+  if str(root) == "tfds":
+    train, val = tfds_source("train"), None
+    try:
+      val = tfds_source("validation")
+    except DataError:
+      pass
+  else:
+    base = pathlib.Path(root).expanduser()
+    train = imagenet_split(base, "train")
+    val = imagenet_split(base, "val") if (base / "val").is_dir() else None
+  out = {"real_train": ExampleSource(train, size=image_size),
+         "real_val": val and ExampleSource(val, size=image_size),
+         "cf_train": None, "cf_val": None}
+  if counterfactuals:
+    out["cf_train"] = ExampleSource(
+        counterfactual_source(counterfactuals, "train"), CF_RENAME,
+        image_size)
+    try:
+      out["cf_val"] = ExampleSource(
+          counterfactual_source(counterfactuals, "val"), CF_RENAME,
+          image_size)
+    except DataError:
+      pass
+  return out
+
+
 # ------------------------------------------------------------- evaluation --
 
 
