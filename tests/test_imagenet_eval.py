@@ -8,6 +8,7 @@ import pytest
 
 from cgn_jax.data import transforms as T
 from cgn_jax.evaluation import accuracy
+from cgn_jax.evaluation import suite
 from cgn_jax.experiments import imagenet_eval
 
 pytestmark = pytest.mark.shared
@@ -71,7 +72,7 @@ def data(tmp_path):
 def test_suite_runs_given_parts_and_skips_the_rest(data, shared_dir):
   root, outcomes = data
   logs = []
-  res = imagenet_eval.run_suite(
+  res = suite.run_suite(
       stub_apply, {"imagenet_val": root / "imagenet",
                    "counterfactual_val": root / "cf",
                    "shape_bias": shared_dir / "data" / "cue_conflict_sample",
@@ -97,8 +98,8 @@ def test_suite_runs_given_parts_and_skips_the_rest(data, shared_dir):
 
 
 def test_nothing_given_skips_everything():
-  res = imagenet_eval.run_suite(stub_apply, {}, log=lambda _: None)
-  assert set(res["skipped"]) == set(imagenet_eval.PARTS)
+  res = suite.run_suite(stub_apply, {}, log=lambda _: None)
+  assert set(res["skipped"]) == set(suite.PARTS)
   assert "image-net.org" in res["skipped"]["imagenet_val"]
   assert "texture-vs-shape" in res["skipped"]["shape_bias"]
   md = imagenet_eval.markdown(res)
@@ -109,7 +110,7 @@ def test_cli_writes_json_and_markdown(data, tmp_path, monkeypatch):
   root, _ = data
   monkeypatch.setattr(imagenet_eval, "smoke_variables",
                       lambda tiny: (None, None))
-  monkeypatch.setattr(imagenet_eval, "make_apply_fn",
+  monkeypatch.setattr(suite, "make_apply_fn",
                       lambda model, variables: stub_apply)
   out = tmp_path / "out" / "results.json"
   assert imagenet_eval.main(["--smoke", "--imagenet-val",
@@ -141,7 +142,7 @@ def test_saved_ensemble_round_trips_through_the_loader(tmp_path):
   rebuilt = imagenet_eval.model_for(loaded)
   assert rebuilt.stage_sizes == (1, 1, 1, 1) and rebuilt.width == 8
   x = np.random.default_rng(0).standard_normal((2, 64, 64, 3), np.float32)
-  want = imagenet_eval.make_apply_fn(model, variables)(x)
-  got = imagenet_eval.make_apply_fn(rebuilt, loaded)(x)
+  want = suite.make_apply_fn(model, variables)(x)
+  got = suite.make_apply_fn(rebuilt, loaded)(x)
   for k in accuracy.OUTPUTS:
     np.testing.assert_array_equal(got[k], want[k])

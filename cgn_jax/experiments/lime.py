@@ -27,6 +27,7 @@ from cgn_jax import paths
 from cgn_jax.data import imagenet
 from cgn_jax.data import transforms
 from cgn_jax.evaluation import lime
+from cgn_jax.evaluation import suite
 from cgn_jax.experiments import imagenet_eval
 
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
   except (imagenet.DataError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  apply_fn = imagenet_eval.make_apply_fn(model, variables)
+  apply_fn = suite.make_apply_fn(model, variables)
 
   def classifier_fn(images):
     return softmax(np.asarray(apply_fn(transforms.normalize(images))["avg"],
