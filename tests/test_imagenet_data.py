@@ -269,6 +269,10 @@ def test_tf_free_tfds_imagenet_builder(tmp_path):
   assert {val[i]["encoded"]: val[i]["label"] for i in range(3)} == want
   batch = next(imagenet.batches(imagenet.eval_dataset(val, 4, size=32)))
   assert batch["mask"].sum() == 3
+  # grain worker processes receive the source pickled
+  import pickle  # pylint: disable=g-import-not-at-top
+  again = pickle.loads(pickle.dumps(val))
+  assert again[1]["encoded"] == val[1]["encoded"]
 
 
 def _write_records(directory, num, seed):
@@ -318,3 +322,21 @@ def test_example_sources_for_the_trainer(folder, tmp_path):
   ex = got["cf_train"].get(0, np.random.default_rng(0))
   assert set(ex) == {"image", "shape", "texture", "bg"}
   assert imagenet.example_sources(folder)["cf_train"] is None
+
+
+def test_iterator_state_resumes_mid_epoch(folder, tmp_path):
+  real = imagenet.imagenet_split(folder, "train")
+  _write_cf(tmp_path / "cf", "train", 4)
+  cf = imagenet.counterfactual_source(tmp_path / "cf", "train")
+  ds = imagenet.mixed_epoch(real, cf, 4, cf_ratio=0.5, seed=2, epoch=1,
+                            size=32, normalize=False)
+  it = imagenet.batches(ds)
+  next(it)
+  state = it.get_state()
+  want = next(it)
+  resumed = imagenet.batches(ds)
+  resumed.set_state(state)
+  got = next(resumed)
+  for part in ("real", "cf"):
+    for k in want[part]:
+      np.testing.assert_array_equal(got[part][k], want[part][k])
