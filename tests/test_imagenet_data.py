@@ -188,7 +188,7 @@ def test_mixed_epoch_shards_and_workers_give_the_same_batches(folder,
         np.testing.assert_array_equal(
             w[part][k], np.concatenate([h0[part][k], h1[part][k]]))
   # Two decoding processes: the very same batches, in order.
-  mp = list(imagenet.batches(imagenet.mixed_epoch(real, cf, 4, **kw),
+  mp = list(imagenet.iterate(imagenet.mixed_epoch(real, cf, 4, **kw),
                              worker_count=2))
   assert len(mp) == len(whole)
   for w, m in zip(whole, mp):
@@ -310,7 +310,7 @@ def test_counterfactual_records_and_mixed_layouts(tmp_path, folder):
   # It mixes into training epochs, decoded in two worker processes.
   real = imagenet.imagenet_split(folder, "train")
   ds = imagenet.mixed_epoch(real, src, 4, cf_ratio=0.5, size=32)
-  steps = list(imagenet.batches(ds, worker_count=2))
+  steps = list(imagenet.iterate(ds, worker_count=2))
   assert len(steps) == 3 and steps[0]["cf"]["image"].shape == (2, 32, 32, 3)
 
 

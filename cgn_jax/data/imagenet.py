@@ -762,3 +762,23 @@ def batches(dataset: grain.MapDataset, *, worker_count: int = 0,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer))
   return iter(it)
+
+
+def iterate(dataset: grain.MapDataset, **kwargs):
+  """Yields every batch of `dataset` once, then closes the iterator.
+
+  Closing stops the worker processes and frees their shared memory now
+  rather than at garbage collection (grain's advice for `mp_prefetch`).
+
+  Args:
+    dataset: from `eval_dataset` or `mixed_epoch`.
+    **kwargs: passed to `batches` (worker_count, threads, ...).
+  """
+  it = batches(dataset, **kwargs)
+  try:
+    yield from it
+  finally:
+    close = getattr(it, "close", None)
+    if close is not None:
+      close()
+

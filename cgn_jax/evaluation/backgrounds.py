@@ -137,7 +137,7 @@ def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
     root: the unpacked backgrounds challenge release.
     batch_size: images per batch (the last one is padded, not counted).
     variations: which folders to score.
-    **batch_kwargs: passed to `imagenet.batches` (worker_count, ...).
+    **batch_kwargs: passed to `imagenet.iterate` (worker_count, ...).
 
   Returns:
     {variation: evaluate_variation's dict, 'bg_gap': float (when both
@@ -155,7 +155,8 @@ def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
       continue
     ds = imagenet.eval_dataset(variation_source(root, v), batch_size,
                                kind="in9")
-    res[v] = evaluate_variation(apply_fn, imagenet.batches(ds, **batch_kwargs))
+    res[v] = evaluate_variation(apply_fn,
+                                imagenet.iterate(ds, **batch_kwargs))
   if not res:
     raise imagenet.DataError(f"none of {list(variations)} under {root}. "
                              f"{HELP}")

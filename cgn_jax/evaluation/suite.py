@@ -28,7 +28,7 @@ PARTS = ("imagenet_val", "counterfactual_val", "shape_bias", "in9")
 
 def _iterate(source, batch_size, kind, worker_count):
   ds = imagenet.eval_dataset(source, batch_size, kind=kind)
-  return imagenet.batches(ds, worker_count=worker_count)
+  return imagenet.iterate(ds, worker_count=worker_count)
 
 
 def _imagenet_val(apply_fn, path, batch_size, workers):
