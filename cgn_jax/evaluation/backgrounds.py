@@ -129,7 +129,8 @@ def bg_gap(results: dict) -> float:
 
 
 def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
-             variations: Sequence[str] = VARIATIONS, **batch_kwargs) -> dict:
+             variations: Sequence[str] = VARIATIONS,
+             table: np.ndarray | None = None, **batch_kwargs) -> dict:
   """Every IN-9 variation found under `root`, and BG-Gap.
 
   Args:
@@ -137,6 +138,7 @@ def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
     root: the unpacked backgrounds challenge release.
     batch_size: images per batch (the last one is padded, not counted).
     variations: which folders to score.
+    table: the 1000 -> 9 map (default `in9_map()`).
     **batch_kwargs: passed to `imagenet.iterate` (worker_count, ...).
 
   Returns:
@@ -149,6 +151,7 @@ def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
   root = pathlib.Path(root).expanduser()
   if not root.is_dir():
     raise imagenet.DataError(f"IN-9 folder {root} does not exist. {HELP}")
+  table = in9_map() if table is None else table
   res = {}
   for v in variations:
     if not (root / v).is_dir():
@@ -156,7 +159,7 @@ def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
     ds = imagenet.eval_dataset(variation_source(root, v), batch_size,
                                kind="in9")
     res[v] = evaluate_variation(apply_fn,
-                                imagenet.iterate(ds, **batch_kwargs))
+                                imagenet.iterate(ds, **batch_kwargs), table)
   if not res:
     raise imagenet.DataError(f"none of {list(variations)} under {root}. "
                              f"{HELP}")
