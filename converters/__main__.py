@@ -1,4 +1,7 @@
-"""`python -m converters {vgg16,cgn-mnist,biggan,u2net} --input F --output DIR`."""
+"""`python -m converters NAME --input F --output DIR`.
+
+NAME: vgg16, cgn-mnist, biggan, u2net, resnet50, invariant-ensemble.
+"""
 
 import sys
 
@@ -11,6 +14,9 @@ COMMANDS = {
     "u2net": ("converters.u2net", "U^2-Net / U^2-Netp released weights"),
     "cgn-imagenet": ("converters.cgn_imagenet", "the authors' ImageNet CGN cgn.pth"),
     "inception-v3": ("converters.inception_v3", "torchvision Inception-v3"),
+    "resnet50": ("converters.resnet50", "torchvision ResNet-50 weights"),
+    "invariant-ensemble": ("converters.resnet50",
+                           "upstream InvariantEnsemble checkpoint"),
 }
 
 

@@ -1,0 +1,620 @@
+"""Trains the ImageNet invariant classifier ensemble (SPEC §6.2).
+
+  python train.py --config=configs/classifier_imagenet.py:mini \
+      --workdir=DIR --config.pretrained=RESNET50_DIR \
+      --config.data.root=IMAGENET_DIR --config.data.counterfactuals=CF_DIR
+
+Upstream `imagenet/train_classifier.py` (PyTorch ImageNet-example style):
+every step takes b real images and int(cf_ratio·b) counterfactual ones; the
+loss is the cross-entropy of the *averaged* logits on the real batch plus,
+on the counterfactual batch, the sum of each head's cross-entropy on its own
+label (shape, texture, background); one SGD step (momentum 0.9, weight decay
+1e-4 added to the gradient as torch does, on every parameter) with the
+learning rate x0.1 at epochs 15 and 30. Every BatchNorm stays in eval mode
+(running statistics used, never updated; scale and bias trained).
+
+One forward pass: with BatchNorm frozen every example is independent, so the
+real and counterfactual batches go through the network concatenated, which
+is the same function as upstream's two forwards (and faster); the gradient of
+the summed loss is the sum of upstream's two backward passes.
+
+Deviations, documented: the last partial real batch of an epoch is dropped
+(static shapes; upstream zips a partial last real batch with a full
+counterfactual one); `cf_ratio=0` trains on real images only ([FA]'s
+baseline; upstream needs counterfactuals); the best checkpoint is chosen by
+real top-1 (upstream reads a key that does not exist, SPEC §10 item 12).
+
+Data: `Sources` of examples (real train/val, counterfactual train/val),
+batched here by `TrainBatches`, random access by global step, so that the
+grain iterator checkpoints and resumes bitwise. Each epoch reshuffles the real
+set and resamples the counterfactual pool (replicated when smaller than
+cf_batch x steps_per_epoch, sampled without replacement), as upstream.
+
+Outputs in WORKDIR: config.json, metrics.jsonl (every log_every_steps and per
+epoch), results.json (per epoch: train losses and accuracies, validation
+top-1/top-5), checkpoints/ (state + data iterator every epoch and on
+SIGTERM; a rerun resumes), best/ (the variables with the best real top-1, in
+the converters' format: `converters.resnet50.load_ensemble`).
+"""
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Protocol
+
+from absl import logging
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cgn_jax.models import ensemble as ensemble_lib
+from cgn_jax.train import common
+
+HEADS = ensemble_lib.HEADS
+# Running sums kept in the train state over an epoch.
+_SUMS = ("loss_real", "loss_cf", "real_top1", "real_top5",
+         *(f"{h}_top1" for h in HEADS), "n_real", "n_cf", "steps")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes, plus this epoch's running train metrics."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any    # frozen: read by every step, never written
+  opt_state: Any
+  sums: dict          # name (_SUMS) -> float32 scalar, reset every epoch
+
+
+# ------------------------------------------------------------- model + opt --
+
+
+def create_model(config) -> ensemble_lib.InvariantEnsemble:
+  m = config.model
+  return ensemble_lib.InvariantEnsemble(
+      num_classes=config.data.num_classes, stage_sizes=tuple(m.stage_sizes),
+      width=m.width, frozen_bn=True, dtype=jnp.dtype(m.dtype))
+
+
+def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """lr · 0.1^⌊epoch / 15⌋ (upstream `adjust_learning_rate`)."""
+  return optax.exponential_decay(
+      config.learning_rate,
+      transition_steps=steps_per_epoch * config.lr_decay_every_epochs,
+      decay_rate=config.lr_decay, staircase=True)
+
+
+def make_optimizer(config, steps_per_epoch: int):
+  """torch SGD(momentum, weight_decay): d = g + wd·θ; buf = μ·buf + d; θ -= lr·buf.
+
+  optax's trace starts at zero, so its first step is buf = d, as torch's.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(lr_schedule(config, steps_per_epoch),
+                momentum=config.momentum))
+
+
+def zero_sums() -> dict:
+  return {k: jnp.zeros((), jnp.float32) for k in _SUMS}
+
+
+def create_train_state(variables, tx) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32),
+                    params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(variables["params"]), sums=zero_sums())
+
+
+def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
+  """The ensemble's variables, with a pretrained backbone if configured.
+
+  Args:
+    config: the trainer config; `pretrained` is a directory written by
+      `python -m converters resnet50`, or 'none' (torchvision's random init).
+    model: the ensemble.
+    rng: initialises the heads (and the backbone when not pretrained).
+    load_resnet50: `directory -> ResNet-50 variables` (the converter's
+      loader; injected so the library does not depend on it).
+
+  Returns:
+    {'params', 'batch_stats'}.
+  """
+  size = config.data.image_size
+  variables = jax.jit(functools.partial(ensemble_lib.init_variables, model,
+                                        image_size=size))(rng)
+  variables = flax.core.unfreeze(variables)
+  spec = str(config.pretrained)
+  if spec.lower() == "none":
+    logging.warning("pretrained='none': the backbone starts from random "
+                    "weights (upstream runs use --pretrained)")
+    return variables
+  if not spec:
+    raise ValueError(
+        "set --config.pretrained=DIR (a torchvision ResNet-50 converted by "
+        "`python -m converters resnet50 --input resnet50-0676ba61.pth "
+        "--output DIR`) or --config.pretrained=none to train from scratch")
+  if (tuple(config.model.stage_sizes), config.model.width) != ((3, 4, 6, 3),
+                                                               64):
+    raise ValueError("a pretrained backbone needs the ResNet-50 model "
+                     "(model.stage_sizes=(3, 4, 6, 3), model.width=64)")
+  if load_resnet50 is None:
+    from converters import resnet50 as resnet_convert  # pylint: disable=g-import-not-at-top
+    load_resnet50 = resnet_convert.load_resnet50
+  pretrained = load_resnet50(spec)
+  backbone = {c: {k: v for k, v in pretrained[c].items() if k != "fc"}
+              for c in ("params", "batch_stats")}
+  for c in ("params", "batch_stats"):
+    variables[c]["backbone"] = backbone[c]
+  logging.info("backbone: pretrained ResNet-50 from %s", spec)
+  return variables
+
+
+# ------------------------------------------------------------------ steps --
+
+
+def cross_entropy(logits, labels):
+  """Mean cross-entropy (torch `CrossEntropyLoss`), in float32."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels))
+
+
+def topk_correct(logits, labels, k: int):
+  """Per example: is the label among the k largest logits ([B] bool)."""
+  k = min(k, logits.shape[-1])
+  _, idx = jax.lax.top_k(logits, k)
+  return jnp.any(idx == labels[:, None], axis=-1)
+
+
+def losses(params, batch_stats, batch, *, model):
+  """(loss_real + loss_cf, aux): the upstream per-step objective.
+
+  Args:
+    params, batch_stats: the ensemble's variables.
+    batch: {'real': {'image' [B, H, W, 3], 'label' [B]}, and optionally
+      'cf': {'image' [Bc, H, W, 3], 'shape', 'texture', 'bg' [Bc]}}.
+    model: the ensemble (frozen BatchNorm).
+
+  Returns:
+    (total loss, {'loss_real', 'loss_cf', 'out_real', 'out_cf'}).
+  """
+  real, cf = batch["real"], batch.get("cf")
+  n = real["image"].shape[0]
+  images = real["image"]
+  if cf is not None:  # frozen BatchNorm: one forward for both batches
+    images = jnp.concatenate([images, cf["image"].astype(images.dtype)])
+  _, out = model.apply({"params": params, "batch_stats": batch_stats},
+                       images, train=True)
+  out_real = {k: v[:n] for k, v in out.items()}
+  loss_real = cross_entropy(out_real["avg"], real["label"])
+  loss_cf, out_cf = jnp.zeros((), jnp.float32), None
+  if cf is not None:
+    out_cf = {k: v[n:] for k, v in out.items()}
+    loss_cf = sum(cross_entropy(out_cf[h], cf[h]) for h in HEADS)
+  return loss_real + loss_cf, dict(loss_real=loss_real, loss_cf=loss_cf,
+                                   out_real=out_real, out_cf=out_cf)
+
+
+def train_step(state: TrainState, batch, *, model, tx):
+  """One SGD step on a real (+ counterfactual) batch.
+
+  Returns:
+    (new state, {'loss_real', 'loss_cf'} of this step).
+  """
+  if not model.frozen_bn:
+    raise ValueError("the ensemble trains with frozen BatchNorm (SPEC §6.2)")
+  grads, aux = jax.grad(
+      functools.partial(losses, model=model), has_aux=True)(
+          state.params, state.batch_stats, batch)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  real = batch["real"]
+  f32 = lambda x: jnp.sum(x.astype(jnp.float32))
+  add = {"loss_real": aux["loss_real"], "loss_cf": aux["loss_cf"],
+         "real_top1": f32(topk_correct(aux["out_real"]["avg"],
+                                       real["label"], 1)),
+         "real_top5": f32(topk_correct(aux["out_real"]["avg"],
+                                       real["label"], 5)),
+         "n_real": jnp.float32(real["label"].shape[0]),
+         "steps": jnp.float32(1)}
+  cf = batch.get("cf")
+  for h in HEADS:
+    add[f"{h}_top1"] = (f32(topk_correct(aux["out_cf"][h], cf[h], 1))
+                        if cf is not None else jnp.float32(0))
+  add["n_cf"] = jnp.float32(cf["shape"].shape[0] if cf is not None else 0)
+  sums = {k: state.sums[k] + add[k] for k in _SUMS}
+  new = state.replace(step=state.step + 1, params=params,
+                      opt_state=opt_state, sums=sums)
+  return new, {"loss_real": aux["loss_real"], "loss_cf": aux["loss_cf"]}
+
+
+def epoch_train_metrics(sums: Mapping[str, Any]) -> dict:
+  """Means over the epoch from the state's running sums."""
+  s = {k: float(v) for k, v in sums.items()}
+  out = {"train/loss_real": s["loss_real"] / max(s["steps"], 1),
+         "train/acc1_real": 100 * s["real_top1"] / max(s["n_real"], 1),
+         "train/acc5_real": 100 * s["real_top5"] / max(s["n_real"], 1)}
+  if s["n_cf"]:
+    out["train/loss_cf"] = s["loss_cf"] / max(s["steps"], 1)
+    for h in HEADS:
+      out[f"train/acc1_{h}"] = 100 * s[f"{h}_top1"] / s["n_cf"]
+  return out
+
+
+def eval_step(variables, batch, *, model, pairs):
+  """Summed top-1 / top-5 hits of (output, label key) pairs; weight-0 pads."""
+  _, out = model.apply(variables, batch["image"], train=False)
+  w = batch["weight"]
+  res = {}
+  for output, label in pairs:
+    for k in (1, 5):
+      hit = topk_correct(out[output], batch[label], k)
+      res[f"{output}/{k}"] = jnp.sum(hit.astype(jnp.float32) * w)
+  return res
+
+
+# ------------------------------------------------------------------- data --
+
+
+class Source(Protocol):
+  """Random-access examples. `rng` draws the training augmentation (random
+  crop and flip); None means the deterministic evaluation transform."""
+
+  def __len__(self) -> int:
+    ...
+
+  def get(self, index: int, rng: np.random.Generator | None) -> dict:
+    ...
+
+
+@dataclasses.dataclass
+class Sources:
+  real_train: Source
+  real_val: Source | None = None
+  cf_train: Source | None = None
+  cf_val: Source | None = None
+
+
+class SyntheticSource:
+  """Seeded random images and labels: smoke runs, tests and benchmarks.
+
+  Real examples: {'image' float32 [S, S, 3], 'label'}; counterfactual ones
+  (`counterfactual=True`): {'image', 'shape', 'texture', 'bg'}. Each image
+  is a function of (seed, index), so every read returns the same example;
+  with an rng (training) it is randomly flipped, like the real pipeline.
+  """
+
+  def __init__(self, n: int, image_size: int, num_classes: int, seed: int,
+               counterfactual: bool = False):
+    self.n, self.size, self.k = int(n), int(image_size), int(num_classes)
+    self.seed, self.counterfactual = int(seed), counterfactual
+
+  def __len__(self):
+    return self.n
+
+  def get(self, index: int, rng=None) -> dict:
+    r = np.random.default_rng([self.seed, int(index)])
+    image = r.standard_normal((self.size, self.size, 3), np.float32)
+    if rng is not None and rng.random() < 0.5:
+      image = image[:, ::-1]
+    i = int(index)
+    if not self.counterfactual:
+      return {"image": np.ascontiguousarray(image), "label": i % self.k}
+    return {"image": np.ascontiguousarray(image), "shape": i % self.k,
+            "texture": (7 * i + 1) % self.k, "bg": (13 * i + 2) % self.k}
+
+
+def synthetic_sources(config) -> Sources:
+  d = config.data
+  mk = functools.partial(SyntheticSource, image_size=d.image_size,
+                         num_classes=d.num_classes)
+  return Sources(real_train=mk(d.synthetic.num_train, seed=config.seed),
+                 real_val=mk(d.synthetic.num_val, seed=config.seed + 1),
+                 cf_train=mk(d.synthetic.num_cf, seed=config.seed + 2,
+                             counterfactual=True),
+                 cf_val=mk(d.synthetic.num_val, seed=config.seed + 3,
+                           counterfactual=True))
+
+
+# data.source -> function(config) -> Sources. The ImageFolder / TFDS
+# pipelines (cgn_jax/data/imagenet.py) register here when present.
+SOURCES: dict[str, Callable[[Any], Sources]] = {
+    "synthetic": synthetic_sources,
+}
+
+
+def make_sources(config) -> Sources:
+  name = config.data.source
+  if name not in SOURCES:
+    raise ValueError(f"unknown data.source {name!r}; known: "
+                     f"{sorted(SOURCES)}")
+  return SOURCES[name](config)
+
+
+def _stack(examples: list[dict]) -> dict:
+  return {k: np.stack([np.asarray(e[k]) for e in examples])
+          for k in examples[0]}
+
+
+class TrainBatches:
+  """Mixed real + counterfactual training batches, by global step.
+
+  Step s of epoch e = s // steps_per_epoch takes the next `batch` real
+  examples of epoch e's permutation (the remainder is dropped) and the next
+  `cf_batch` of epoch e's counterfactual sample: cf_batch·steps_per_epoch
+  draws without replacement from the pool, replicated ⌈n / pool⌉ times when
+  smaller (upstream `ImagenetCounterfactual.resample`). Every draw (the
+  permutations and each example's augmentation) is seeded by (seed, epoch
+  or step, position), so batch s is the same whenever it is read: a
+  resumed run sees exactly the batches of an uninterrupted one.
+
+  With several processes each builds its own slice of the global batch.
+  """
+
+  def __init__(self, real: Source, cf: Source | None, batch: int,
+               cf_batch: int, epochs: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    self.real, self.cf = real, cf if cf_batch > 0 else None
+    self.batch, self.cf_batch = batch, cf_batch
+    self.steps_per_epoch = len(real) // batch
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"{len(real)} real training images are fewer than "
+                       f"one batch of {batch}")
+    if cf_batch > 0 and (cf is None or len(cf) == 0):
+      raise ValueError("cf_ratio > 0 needs counterfactual training images "
+                       "(data.counterfactuals); set cf_ratio=0 for the "
+                       "real-only baseline")
+    self.epochs, self.seed = epochs, seed
+    self.pi, self.pc = process_index, process_count
+
+  def __len__(self):
+    return self.steps_per_epoch * self.epochs
+
+  @functools.lru_cache(maxsize=2)
+  def _real_order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, 0, epoch]).permutation(
+        len(self.real))
+
+  @functools.lru_cache(maxsize=2)
+  def _cf_order(self, epoch: int) -> np.ndarray:
+    n = self.cf_batch * self.steps_per_epoch
+    pool = len(self.cf)
+    mult = max(1, math.ceil(n / pool))
+    draw = np.random.default_rng([self.seed, 1, epoch]).choice(
+        pool * mult, n, replace=False)
+    return draw % pool
+
+  def _local(self, indices: np.ndarray) -> np.ndarray:
+    share = len(indices) // self.pc
+    return indices[self.pi * share:(self.pi + 1) * share]
+
+  def _examples(self, source, indices, step: int, stream: int):
+    return _stack([
+        source.get(int(i), np.random.default_rng([self.seed, stream, step,
+                                                  j]))
+        for j, i in enumerate(indices)])
+
+  def __getitem__(self, step: int) -> dict:
+    epoch, k = divmod(int(step), self.steps_per_epoch)
+    idx = self._real_order(epoch)[k * self.batch:(k + 1) * self.batch]
+    out = {"real": self._examples(self.real, self._local(idx), step, 2)}
+    if self.cf is not None:
+      cb = self.cf_batch
+      idx = self._cf_order(epoch)[k * cb:(k + 1) * cb]
+      out["cf"] = self._examples(self.cf, self._local(idx), step, 3)
+    return out
+
+
+def make_train_iterator(batches: TrainBatches, threads: int, prefetch: int):
+  """A checkpointable grain iterator over every step's batch."""
+  ds = grain.MapDataset.source(batches)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=prefetch)))
+
+
+# ------------------------------------------------------------- evaluation --
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_eval(model, pairs):
+  return jax.jit(functools.partial(eval_step, model=model, pairs=pairs))
+
+
+def evaluate(model, variables, source: Source, pairs, batch_size: int,
+             mesh, limit: int = 0) -> dict:
+  """Exact top-1 / top-5 (%) over every example of `source` (in order).
+
+  The last partial batch is padded with weight-0 examples, so the
+  denominator is the number of examples, not batches x batch size.
+
+  Args:
+    model: the ensemble.
+    variables: its {'params', 'batch_stats'}.
+    source: evaluation examples (deterministic transform).
+    pairs: ((output name, label key), ...), e.g. (('avg', 'label'),).
+    batch_size: a multiple of the device count.
+    mesh: the data mesh.
+    limit: evaluate the first `limit` examples only (0: all).
+
+  Returns:
+    {'{output}/1': top-1 %, '{output}/5': top-5 %, 'num': N}.
+  """
+  step = _jit_eval(model, tuple(pairs))
+  n = len(source) if not limit else min(limit, len(source))
+  sums = {}
+  for start in range(0, n, batch_size):
+    ex = [source.get(i, None) for i in range(start, min(start + batch_size,
+                                                        n))]
+    pad = batch_size - len(ex)
+    ex += [ex[-1]] * pad
+    batch = _stack(ex)
+    batch["weight"] = np.array([1.0] * (batch_size - pad) + [0.0] * pad,
+                               np.float32)
+    res = step(variables, common.shard_batch(batch, mesh))
+    for k, v in res.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  out = {k: 100.0 * v / max(n, 1) for k, v in sums.items()}
+  out["num"] = n
+  return out
+
+
+def validate(model, variables, sources: Sources, config, mesh) -> dict:
+  """ImageNet val top-1/5 of the averaged logits; counterfactual val per
+  head (upstream `validate_imagenet` / `validate_counterfactual`)."""
+  metrics = {}
+  bs, limit = config.eval_batch_size, config.eval_limit
+  if sources.real_val is not None and len(sources.real_val):
+    r = evaluate(model, variables, sources.real_val, (("avg", "label"),),
+                 bs, mesh, limit)
+    metrics["acc1/1_real"], metrics["acc5/1_real"] = r["avg/1"], r["avg/5"]
+  if sources.cf_val is not None and len(sources.cf_val):
+    r = evaluate(model, variables, sources.cf_val,
+                 tuple((h, h) for h in HEADS), bs, mesh, limit)
+    for h in HEADS:
+      metrics[f"acc1/{h}"], metrics[f"acc5/{h}"] = r[f"{h}/1"], r[f"{h}/5"]
+  return metrics
+
+
+# ----------------------------------------------------------------- driver --
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Trains, validates after every epoch, writes WORKDIR/results.json.
+
+  Raises:
+    FileNotFoundError: the pretrained backbone or the data are missing
+      (the message says how to get them).
+    common.NonFiniteLossError: a loss became NaN/Inf.
+  """
+  # ---------------------------------------------------------------- setup
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = common.make_mesh()
+  common.check_global_batch(config.batch_size)
+  common.check_global_batch(config.eval_batch_size)
+  cf_batch = int(config.cf_ratio * config.batch_size)
+  if cf_batch:
+    common.check_global_batch(cf_batch)
+  common.write_json(workdir / "config.json", config.to_dict())
+
+  # ----------------------------------------------------------------- data
+  sources = make_sources(config)
+  batches = TrainBatches(sources.real_train, sources.cf_train,
+                         config.batch_size, cf_batch, config.epochs,
+                         config.seed, jax.process_index(),
+                         jax.process_count())
+  spe = batches.steps_per_epoch
+  num_steps = len(batches)
+  it = make_train_iterator(batches, config.data.read_threads,
+                           config.data.prefetch)
+
+  # ------------------------------------------------------ model / restore
+  model = create_model(config)
+  tx = make_optimizer(config, spe)
+  rep = common.replicated(mesh)
+  ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  results = {"epochs": [], "best_acc1_real": None}
+  if ckpt.latest_step() is not None:  # resume: no need for the backbone
+    abstract = jax.eval_shape(
+        lambda: create_train_state(
+            ensemble_lib.init_variables(model, jax.random.PRNGKey(0),
+                                        config.data.image_size), tx))
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+        abstract)
+    state, meta = ckpt.restore(abstract, it)
+    results = {"epochs": list(meta.get("epochs", [])),
+               "best_acc1_real": meta.get("best_acc1_real")}
+    origin = f"resumed at step {int(state.step)}"
+  else:
+    variables = initial_variables(config, model,
+                                  jax.random.PRNGKey(config.seed))
+    state = jax.device_put(create_train_state(variables, tx), rep)
+    origin = "pretrained backbone" if str(config.pretrained).lower() != \
+        "none" else "scratch"
+  step = int(state.step)
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx),
+                    donate_argnums=(0,))
+  writer = common.MetricWriter(workdir)
+  schedule = lr_schedule(config, spe)
+  logging.info("%d steps of %d real + %d counterfactual images (%d/epoch); "
+               "%d to go (%s)", num_steps, config.batch_size, cf_batch, spe,
+               num_steps - step, origin)
+
+  def save(at):
+    ckpt.save(at, state, it, {"epochs": results["epochs"],
+                              "best_acc1_real": results["best_acc1_real"]})
+
+  # ----------------------------------------------------------------- loop
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
+             disable=not config.progress_bar)
+  t0, s0 = time.time(), step
+  try:
+    with common.StopSignal() as stop:
+      while step < num_steps:
+        state, m = step_fn(state, common.shard_batch(next(it), mesh))
+        step += 1
+        bar.update(1)
+        if step % config.log_every_steps == 0 or step == 1:
+          m = {k: float(v) for k, v in m.items()}
+          m["lr"] = float(schedule(step - 1))
+          m["steps_per_second"] = (step - s0) / max(time.time() - t0, 1e-9)
+          common.check_finite(step, m, ckpt.directory)
+          writer.write(step, m)
+          bar.set_postfix({k: f"{v:.3g}" for k, v in m.items()
+                           if k.startswith("loss")})
+        if step % spe == 0:
+          state = _end_epoch(state, step // spe, step, results, model,
+                             sources, config, mesh, writer, workdir,
+                             float(schedule(step - 1)))
+          save(step)
+          common.write_json(workdir / "results.json", results)
+        elif stop.requested:
+          save(step)
+          logging.warning("stopped by signal at step %d (checkpoint saved); "
+                          "rerun to resume", step)
+          break
+  finally:
+    bar.close()
+    ckpt.close()
+  common.write_json(workdir / "results.json", results)
+  return results
+
+
+def _end_epoch(state, epoch, step, results, model, sources, config, mesh,
+               writer, workdir, lr) -> TrainState:
+  """Logs the epoch, validates, keeps the best variables; resets the sums."""
+  record = {"epoch": epoch, "step": step, "lr": lr}
+  record.update(epoch_train_metrics(state.sums))
+  common.check_finite(step, {k: v for k, v in record.items()
+                             if k.startswith("train/loss")})
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  record.update(validate(model, variables, sources, config, mesh))
+  best = results["best_acc1_real"]
+  acc = record.get("acc1/1_real")
+  if acc is not None and (best is None or acc > best):
+    results["best_acc1_real"] = acc
+    record["is_best"] = True
+    _save_best(workdir / "best", variables, epoch, acc)
+  results["epochs"].append(record)
+  writer.write(step, {k: v for k, v in record.items()
+                      if k not in ("step", "is_best")})
+  logging.info("epoch %d: %s", epoch, ", ".join(
+      f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",
+                                                              "step")))
+  return state.replace(sums=jax.device_put(zero_sums(),
+                                           common.replicated(mesh)))
+
+
+def _save_best(directory, variables, epoch, acc) -> None:
+  from converters import common as convert_common  # pylint: disable=g-import-not-at-top
+  convert_common.save_variables(
+      directory, jax.device_get(variables),
+      {"model": "invariant_ensemble", "epoch": epoch, "acc1_real": acc})
