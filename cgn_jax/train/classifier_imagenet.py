@@ -90,6 +90,12 @@ def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
       decay_rate=config.lr_decay, staircase=True)
 
 
+def optimizer_key(config, steps_per_epoch: int) -> tuple:
+  """The optimizer's hyperparameters, hashable (keys the step cache)."""
+  return (config.learning_rate, config.momentum, config.weight_decay,
+          config.lr_decay, config.lr_decay_every_epochs, steps_per_epoch)
+
+
 def make_optimizer(config, steps_per_epoch: int):
   """torch SGD(momentum, weight_decay): d = g + wd·θ; buf = μ·buf + d; θ -= lr·buf.
 
@@ -126,34 +132,51 @@ def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
   Returns:
     {'params', 'batch_stats'}.
   """
-  size = config.data.image_size
-  variables = jax.jit(functools.partial(ensemble_lib.init_variables, model,
-                                        image_size=size))(rng)
-  variables = flax.core.unfreeze(variables)
   spec = str(config.pretrained)
+  init = _jit_init(model, config.data.image_size)
   if spec.lower() == "none":
     logging.warning("pretrained='none': the backbone starts from random "
                     "weights (upstream runs use --pretrained)")
-    return variables
+    return flax.core.unfreeze(init(rng))
   if not spec:
     raise ValueError(
         "set --config.pretrained=DIR (a torchvision ResNet-50 converted by "
         "`python -m converters resnet50 --input resnet50-0676ba61.pth "
         "--output DIR`) or --config.pretrained=none to train from scratch")
-  if (tuple(config.model.stage_sizes), config.model.width) != ((3, 4, 6, 3),
-                                                               64):
-    raise ValueError("a pretrained backbone needs the ResNet-50 model "
-                     "(model.stage_sizes=(3, 4, 6, 3), model.width=64)")
   if load_resnet50 is None:
     from converters import resnet50 as resnet_convert  # pylint: disable=g-import-not-at-top
     load_resnet50 = resnet_convert.load_resnet50
-  pretrained = load_resnet50(spec)
-  backbone = {c: {k: v for k, v in pretrained[c].items() if k != "fc"}
-              for c in ("params", "batch_stats")}
+  pretrained = load_resnet50(spec)  # fails before the (slow) init
+  variables = flax.core.unfreeze(init(rng))
   for c in ("params", "batch_stats"):
-    variables[c]["backbone"] = backbone[c]
+    backbone = {k: v for k, v in pretrained[c].items() if k != "fc"}
+    want = jax.tree.map(np.shape, variables[c]["backbone"])
+    if jax.tree.map(np.shape, backbone) != want:
+      raise ValueError(
+          f"the pretrained weights in {spec} do not fit the configured "
+          "backbone; a torchvision ResNet-50 needs model.stage_sizes="
+          "(3, 4, 6, 3) and model.width=64")
+    variables[c]["backbone"] = backbone
   logging.info("backbone: pretrained ResNet-50 from %s", spec)
   return variables
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_init(model, image_size: int):
+  # One compilation per model and size for every trainer in the process.
+  return jax.jit(functools.partial(ensemble_lib.init_variables, model,
+                                   image_size=image_size))
+
+
+def abstract_state(config, model, tx, mesh) -> TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings."""
+  abstract = jax.eval_shape(lambda: create_train_state(
+      ensemble_lib.init_variables(model, jax.random.PRNGKey(0),
+                                  config.data.image_size), tx))
+  rep = common.replicated(mesh)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+      abstract)
 
 
 # ------------------------------------------------------------------ steps --
@@ -232,6 +255,22 @@ def train_step(state: TrainState, batch, *, model, tx):
   new = state.replace(step=state.step + 1, params=params,
                       opt_state=opt_state, sums=sums)
   return new, {"loss_real": aux["loss_real"], "loss_cf": aux["loss_cf"]}
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_train_step(model, opt_key: tuple) -> Callable:
+  """`train_step` jitted with the state donated, one per (model, optimizer).
+
+  Cached so that trainers in one process (tests, benchmarks, a resumed run)
+  share its compilations.
+  """
+  lr, momentum, wd, decay, every, spe = opt_key
+  config = ml_collections.ConfigDict(dict(
+      learning_rate=lr, momentum=momentum, weight_decay=wd, lr_decay=decay,
+      lr_decay_every_epochs=every))
+  tx = make_optimizer(config, spe)
+  return jax.jit(functools.partial(train_step, model=model, tx=tx),
+                 donate_argnums=(0,))
 
 
 def epoch_train_metrics(sums: Mapping[str, Any]) -> dict:
@@ -521,14 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   results = {"epochs": [], "best_acc1_real": None}
   if ckpt.latest_step() is not None:  # resume: no need for the backbone
-    abstract = jax.eval_shape(
-        lambda: create_train_state(
-            ensemble_lib.init_variables(model, jax.random.PRNGKey(0),
-                                        config.data.image_size), tx))
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-        abstract)
-    state, meta = ckpt.restore(abstract, it)
+    state, meta = ckpt.restore(abstract_state(config, model, tx, mesh), it)
     results = {"epochs": list(meta.get("epochs", [])),
                "best_acc1_real": meta.get("best_acc1_real")}
     origin = f"resumed at step {int(state.step)}"
@@ -539,8 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     origin = "pretrained backbone" if str(config.pretrained).lower() != \
         "none" else "scratch"
   step = int(state.step)
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx),
-                    donate_argnums=(0,))
+  step_fn = compiled_train_step(model, optimizer_key(config, spe))
   writer = common.MetricWriter(workdir)
   schedule = lr_schedule(config, spe)
   logging.info("%d steps of %d real + %d counterfactual images (%d/epoch); "
@@ -555,17 +586,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
              disable=not config.progress_bar)
-  t0, s0 = time.time(), step
+  t0, s0, first = time.time(), step, True
   try:
     with common.StopSignal() as stop:
       while step < num_steps:
         state, m = step_fn(state, common.shard_batch(next(it), mesh))
         step += 1
         bar.update(1)
+        if first:  # compilation, timed on its own
+          jax.block_until_ready(state)
+          writer.write(step, {"compile_s": time.time() - t0})
+          t0, s0, first = time.time(), step, False
         if step % config.log_every_steps == 0 or step == 1:
           m = {k: float(v) for k, v in m.items()}
           m["lr"] = float(schedule(step - 1))
-          m["steps_per_second"] = (step - s0) / max(time.time() - t0, 1e-9)
+          if step > s0:
+            m["steps_per_second"] = (step - s0) / (time.time() - t0)
           common.check_finite(step, m, ckpt.directory)
           writer.write(step, m)
           bar.set_postfix({k: f"{v:.3g}" for k, v in m.items()
