@@ -12,6 +12,8 @@ COMMANDS = {
     "cgn-mnist": ("converters.cgn_mnist", "the authors' MNIST CGN ckp.pth"),
     "biggan": ("converters.biggan", "pytorch-pretrained-biggan weights"),
     "u2net": ("converters.u2net", "U^2-Net / U^2-Netp released weights"),
+    "cgn-imagenet": ("converters.cgn_imagenet", "the authors' ImageNet CGN cgn.pth"),
+    "inception-v3": ("converters.inception_v3", "torchvision Inception-v3"),
     "resnet50": ("converters.resnet50", "torchvision ResNet-50 weights"),
     "invariant-ensemble": ("converters.resnet50",
                            "upstream InvariantEnsemble checkpoint"),
