@@ -6,7 +6,8 @@
       --workdir=DIR --config.pretrained=RESNET50_DIR \
       --config.data.root=IMAGENET_DIR --config.data.counterfactuals=CF_DIR
   python train.py --config=configs/classifier_imagenet.py:full \
-      --workdir=DIR --config.pretrained=RESNET50_DIR ...
+      --workdir=DIR --config.pretrained=RESNET50_DIR ... \
+      --config.eval.cue_conflict=STIMULI_DIR --config.eval.in9=IN9_DIR
   python train.py --config=configs/classifier_imagenet.py:smoke --workdir=DIR
 
 ARG: `mini` (the default) is the reproductions' run and upstream's README
@@ -55,8 +56,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.counterfactuals = ""   # the counterfactual dataset's directory
   c.data.image_size = 224
   c.data.num_classes = 1000
-  c.data.read_threads = 8
-  c.data.prefetch = 4
   c.data.synthetic = ml_collections.ConfigDict(
       dict(num_train=0, num_val=0, num_cf=0))
 
@@ -76,12 +75,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lr_decay_every_epochs = 15         # x0.1 at epochs 15 and 30
   c.seed = a.seed
 
-  # Evaluation, checkpoints, logging.
+  # Input pipeline (none of these changes the batches).
+  c.worker_count = 6                   # JPEG-decoding processes (upstream -j 6)
+  c.read_threads = 4
+  c.prefetch = 4
+
+  # Evaluation after every epoch: the paper's suite (cgn_jax/evaluation);
+  # a part whose data is not given is skipped with where to get it.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.suite = True
+  # rgeirhos/texture-vs-shape stimuli/style-transfer-preprocessed-512:
+  c.eval.cue_conflict = ""
+  # MadryLab's backgrounds challenge (original/, mixed_same/, mixed_rand/):
+  c.eval.in9 = ""
   c.eval_batch_size = 256
-  c.eval_limit = 0                     # first N validation images; 0 = all
+  c.eval_limit = 0          # without the suite: first N val images; 0 = all
+
   c.keep_checkpoints = 2
   c.log_every_steps = 50
   c.progress_bar = True
+  c.overwrite = False       # True: delete another config's checkpoints
 
   if a.full:
     c.batch_size = 256
@@ -90,7 +103,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = "synthetic"
     c.data.image_size = 32
     c.data.num_classes = 10
-    c.data.read_threads = 2
+    c.worker_count = 0
+    c.read_threads = 2
+    c.eval.suite = False
     c.data.synthetic = ml_collections.ConfigDict(
         dict(num_train=16, num_val=6, num_cf=12))
     c.model.stage_sizes = (1, 1, 1, 1)

@@ -53,10 +53,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import weights
 from cgn_jax.models import ensemble as ensemble_lib
+from cgn_jax.models import resnet_weights
 from cgn_jax.train import common
 
 HEADS = ensemble_lib.HEADS
+# Config fields that may change when a run is resumed.
+RESUMABLE_FIELDS = ("epochs", "log_every_steps", "progress_bar", "overwrite",
+                    "read_threads", "prefetch", "worker_count",
+                    "eval_batch_size", "keep_checkpoints")
 # Running sums kept in the train state over an epoch.
 _SUMS = ("loss_real", "loss_cf", "real_top1", "real_top5",
          *(f"{h}_top1" for h in HEADS), "n_real", "n_cf", "steps")
@@ -126,8 +132,8 @@ def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
       `python -m converters resnet50`, or 'none' (torchvision's random init).
     model: the ensemble.
     rng: initialises the heads (and the backbone when not pretrained).
-    load_resnet50: `directory -> ResNet-50 variables` (the converter's
-      loader; injected so the library does not depend on it).
+    load_resnet50: `directory -> ResNet-50 variables` (default: the strict
+      loader of converted directories; tests inject others).
 
   Returns:
     {'params', 'batch_stats'}.
@@ -143,9 +149,7 @@ def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
         "set --config.pretrained=DIR (a torchvision ResNet-50 converted by "
         "`python -m converters resnet50 --input resnet50-0676ba61.pth "
         "--output DIR`) or --config.pretrained=none to train from scratch")
-  if load_resnet50 is None:
-    from converters import resnet50 as resnet_convert  # pylint: disable=g-import-not-at-top
-    load_resnet50 = resnet_convert.load_resnet50
+  load_resnet50 = load_resnet50 or resnet_weights.load_resnet50
   pretrained = load_resnet50(spec)  # fails before the (slow) init
   variables = flax.core.unfreeze(init(rng))
   for c in ("params", "batch_stats"):
@@ -361,10 +365,35 @@ def synthetic_sources(config) -> Sources:
                            counterfactual=True))
 
 
-# data.source -> function(config) -> Sources. The ImageFolder / TFDS
-# pipelines (cgn_jax/data/imagenet.py) register here when present.
+def imagenet_sources(config) -> Sources:
+  """ImageNet (ImageFolder root or 'tfds') + the counterfactual dataset.
+
+  The transforms are torchvision's (cgn_jax/data/transforms.py):
+  RandomResizedCrop 224 + flip for training, Resize 256 -> CenterCrop 224
+  for validation, ImageNet mean/std.
+  """
+  from cgn_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if not d.root:
+    raise imagenet.DataError(
+        "set --config.data.root=DIR (an ImageFolder ImageNet with train/ and "
+        "val/, e.g. imagenetmini-1000) or --config.data.root=tfds. "
+        + imagenet.IMAGENET_HELP)
+  if config.cf_ratio > 0 and not d.counterfactuals:
+    raise imagenet.DataError(
+        f"cf_ratio={config.cf_ratio} needs --config.data.counterfactuals="
+        "DIR (a counterfactual dataset written by generate.py); "
+        "cf_ratio=0 trains the real-only baseline")
+  src = imagenet.example_sources(d.root, d.counterfactuals or None,
+                                 d.image_size)
+  return Sources(**src)
+
+
+# data.source -> function(config) -> Sources.
 SOURCES: dict[str, Callable[[Any], Sources]] = {
     "synthetic": synthetic_sources,
+    "imagefolder": imagenet_sources,
+    "tfds": imagenet_sources,
 }
 
 
@@ -450,9 +479,18 @@ class TrainBatches:
     return out
 
 
-def make_train_iterator(batches: TrainBatches, threads: int, prefetch: int):
-  """A checkpointable grain iterator over every step's batch."""
+def make_train_iterator(batches: TrainBatches, threads: int, prefetch: int,
+                        worker_count: int = 0):
+  """A checkpointable grain iterator over every step's batch.
+
+  `worker_count` > 0 decodes in that many processes (grain mp_prefetch);
+  the batches are the same for any value.
+  """
   ds = grain.MapDataset.source(batches)
+  if worker_count > 0:
+    from cgn_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+    return imagenet.batches(ds, worker_count=worker_count, threads=threads,
+                            prefetch=prefetch)
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=threads, prefetch_buffer_size=prefetch)))
 
@@ -504,8 +542,21 @@ def evaluate(model, variables, source: Source, pairs, batch_size: int,
 
 
 def validate(model, variables, sources: Sources, config, mesh) -> dict:
-  """ImageNet val top-1/5 of the averaged logits; counterfactual val per
-  head (upstream `validate_imagenet` / `validate_counterfactual`)."""
+  """The per-epoch validation: the paper's suite, or top-k on `sources`.
+
+  With `eval.suite` (real data) it runs cgn_jax.evaluation.suite: ImageNet
+  val top-1/5 of the averaged logits, counterfactual val per head, shape
+  bias per head (eval.cue_conflict) and the backgrounds challenge (eval.in9),
+  each skipped with a message when its data is absent. Otherwise (synthetic
+  data, smoke runs) it scores `sources.real_val` / `sources.cf_val` the same
+  way (upstream `validate_imagenet` / `validate_counterfactual`).
+
+  Returns:
+    Flat {name: value}; 'acc1/1_real' is the real top-1 (% ) that picks the
+    best checkpoint, as upstream after the [FA] fix.
+  """
+  if config.eval.suite:
+    return _run_suite(model, variables, config)
   metrics = {}
   bs, limit = config.eval_batch_size, config.eval_limit
   if sources.real_val is not None and len(sources.real_val):
@@ -517,6 +568,45 @@ def validate(model, variables, sources: Sources, config, mesh) -> dict:
                  tuple((h, h) for h in HEADS), bs, mesh, limit)
     for h in HEADS:
       metrics[f"acc1/{h}"], metrics[f"acc5/{h}"] = r[f"{h}/1"], r[f"{h}/5"]
+  return metrics
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_outputs(model):
+  # One compilation for every epoch's evaluation (the suite's own
+  # make_apply_fn would jit afresh each time).
+  @jax.jit
+  def outputs(variables, images):
+    _, out = model.apply(variables, images, train=False)
+    return {k: out[k] for k in ensemble_lib.OUTPUTS}
+  return outputs
+
+
+def _flatten(tree, prefix="") -> dict:
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, name + "/"))
+    elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+      out[name] = float(v)
+  return out
+
+
+def _run_suite(model, variables, config) -> dict:
+  from cgn_jax.evaluation import suite  # pylint: disable=g-import-not-at-top
+  outputs = _jit_outputs(model)
+  apply_fn = lambda images: jax.device_get(outputs(variables, images))
+  data = {"imagenet_val": config.data.root,
+          "counterfactual_val": config.data.counterfactuals,
+          "shape_bias": config.eval.cue_conflict, "in9": config.eval.in9}
+  res = suite.run_suite(apply_fn, data, batch_size=config.eval_batch_size,
+                        worker_count=config.worker_count, log=logging.info)
+  metrics = _flatten({k: v for k, v in res.items()
+                      if k not in ("skipped", "seconds")})
+  val = res.get("imagenet_val")
+  if val:
+    metrics["acc1/1_real"], metrics["acc5/1_real"] = val["top1"], val["top5"]
   return metrics
 
 
@@ -550,13 +640,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                          jax.process_count())
   spe = batches.steps_per_epoch
   num_steps = len(batches)
-  it = make_train_iterator(batches, config.data.read_threads,
-                           config.data.prefetch)
+  it = make_train_iterator(batches, config.read_threads, config.prefetch,
+                           config.worker_count)
 
   # ------------------------------------------------------ model / restore
   model = create_model(config)
   tx = make_optimizer(config, spe)
   rep = common.replicated(mesh)
+  # Only a checkpoint made with this config is resumed (provenance.json).
+  common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),
+                       overwrite=config.overwrite)
   ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   results = {"epochs": [], "best_acc1_real": None}
   if ckpt.latest_step() is not None:  # resume: no need for the backbone
@@ -585,7 +678,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
-             disable=not config.progress_bar)
+             disable=not config.progress_bar, desc="classifier")
   t0, s0, first = time.time(), step, True
   try:
     with common.StopSignal() as stop:
@@ -620,6 +713,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   finally:
     bar.close()
     ckpt.close()
+    writer.close()
   common.write_json(workdir / "results.json", results)
   return results
 
@@ -650,7 +744,8 @@ def _end_epoch(state, epoch, step, results, model, sources, config, mesh,
 
 
 def _save_best(directory, variables, epoch, acc) -> None:
-  from converters import common as convert_common  # pylint: disable=g-import-not-at-top
-  convert_common.save_variables(
+  # The converters' format: `python -m cgn_jax.experiments.imagenet_eval
+  # --weights WORKDIR` and `resnet_weights.load_ensemble` read it.
+  weights.save_variables(
       directory, jax.device_get(variables),
-      {"model": "invariant_ensemble", "epoch": epoch, "acc1_real": acc})
+      {"model": resnet_weights.ENSEMBLE, "epoch": epoch, "acc1_real": acc})
