@@ -640,8 +640,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                          jax.process_count())
   spe = batches.steps_per_epoch
   num_steps = len(batches)
-  it = make_train_iterator(batches, config.read_threads, config.prefetch,
-                           config.worker_count)
 
   # ------------------------------------------------------ model / restore
   model = create_model(config)
@@ -651,18 +649,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),
                        overwrite=config.overwrite)
   ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  resume = ckpt.latest_step() is not None
+  if not resume:  # a missing backbone fails before any worker starts
+    variables = initial_variables(config, model,
+                                  jax.random.PRNGKey(config.seed))
+  it = make_train_iterator(batches, config.read_threads, config.prefetch,
+                           config.worker_count)
   results = {"epochs": [], "best_acc1_real": None}
-  if ckpt.latest_step() is not None:  # resume: no need for the backbone
+  if resume:  # no need for the backbone
     state, meta = ckpt.restore(abstract_state(config, model, tx, mesh), it)
     results = {"epochs": list(meta.get("epochs", [])),
                "best_acc1_real": meta.get("best_acc1_real")}
     origin = f"resumed at step {int(state.step)}"
   else:
-    variables = initial_variables(config, model,
-                                  jax.random.PRNGKey(config.seed))
     state = jax.device_put(create_train_state(variables, tx), rep)
-    origin = "pretrained backbone" if str(config.pretrained).lower() != \
-        "none" else "scratch"
+    origin = ("pretrained backbone"
+              if str(config.pretrained).lower() != "none" else "scratch")
   step = int(state.step)
   step_fn = compiled_train_step(model, optimizer_key(config, spe))
   writer = common.MetricWriter(workdir)
@@ -714,6 +716,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     bar.close()
     ckpt.close()
     writer.close()
+    close = getattr(it, "close", None)
+    if close is not None:  # stops grain's worker processes now
+      close()
   common.write_json(workdir / "results.json", results)
   return results
 
