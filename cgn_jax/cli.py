@@ -53,9 +53,13 @@ def fail(prog: str, error: BaseException) -> None:
   raise SystemExit(1)
 
 
-def _apply_cpu_defaults(enabled: bool) -> None:
+def _apply_cpu_defaults(enabled: bool, *, say: bool = False) -> None:
+  """Applies the CPU defaults; `say`: also print what on stderr (argparse
+  programs, whose absl log shows only warnings)."""
   from cgn_jax import platform  # pylint: disable=g-import-not-at-top
-  platform.apply_cpu_defaults(enabled=enabled)
+  done = platform.apply_cpu_defaults(enabled=enabled)
+  if say and any(done.values()):
+    print(platform.summary(done), file=sys.stderr, flush=True)
 
 
 def run_main(main: Callable[[list[str]], int | None], argv=None, *,
@@ -69,7 +73,7 @@ def run_main(main: Callable[[list[str]], int | None], argv=None, *,
   argv, verbose, cpu = pop_switches(argv)
   prog = prog or os.path.basename(sys.argv[0])
   if cpu_defaults:
-    _apply_cpu_defaults(cpu)
+    _apply_cpu_defaults(cpu, say=True)
   try:
     return main(argv) or 0
   except Exception as e:  # pylint: disable=broad-except

@@ -211,9 +211,14 @@ def apply_cpu_defaults(environ=os.environ, *, enabled: bool = True) -> dict:
   done = {"xla_flags": add_cpu_flags(environ),
           "malloc": keep_freed_memory(environ)}
   if any(done.values()):
-    logging.info("CPU defaults applied (off: CGN_JAX_CPU_DEFAULTS=0 or "
-                 "--no-cpu-defaults): XLA_FLAGS += %s; malloc: %s",
-                 " ".join(done["xla_flags"]) or "-",
-                 ", ".join(done["malloc"]) or "-")
+    logging.info("%s", summary(done))
   APPLIED.update(done)
   return done
+
+
+def summary(done: dict) -> str:
+  """One line saying what `apply_cpu_defaults` applied."""
+  return ("CPU defaults applied (off: CGN_JAX_CPU_DEFAULTS=0 or "
+          f"--no-cpu-defaults): XLA_FLAGS += "
+          f"{' '.join(done.get('xla_flags', [])) or '-'}; malloc: "
+          f"{', '.join(done.get('malloc', [])) or '-'}")

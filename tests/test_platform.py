@@ -41,6 +41,8 @@ def big_block_is_mmapped():
 
 _IMPORT_CHANGES_NOTHING = _MMAPPED + """
 import json, os
+import jax, grain, orbax.checkpoint  # their own import-time settings (jax
+# sets TF_CPP_MIN_LOG_LEVEL, TPU_SKIP_MDS_QUERY) are not ours to test
 before = dict(os.environ)
 import cgn_jax, cgn_jax.platform, cgn_jax.cli, cgn_jax.weights
 import cgn_jax.models.cgn, cgn_jax.data.shards, cgn_jax.counterfactuals.mnist
