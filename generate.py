@@ -10,6 +10,9 @@ already in DIR is kept only when its `provenance` (the CGN's weights sha256,
 num, cfs_per_shape, seed, ...) matches this config; a mismatch is an error
 naming the field, and --config.overwrite=True regenerates instead.
 
+ImageNet (SPEC §5): `--config=configs/counterfactuals_imagenet.py
+--config.cgn=WEIGHTS --config.num=N` (see that config).
+
 Errors print one line (`--verbose` for the traceback); see cgn_jax/cli.py.
 """
 
@@ -24,13 +27,20 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 flags.mark_flags_as_required(["config", "workdir"])
+# config.dataset -> the module whose run_config(config, workdir) generates.
+_GENERATORS = {"mnist": "cgn_jax.counterfactuals.mnist",
+               "imagenet": "cgn_jax.counterfactuals.imagenet"}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from cgn_jax.counterfactuals import mnist  # pylint: disable=g-import-not-at-top
-  mnist.run_config(_CONFIG.value, _WORKDIR.value)
+  import importlib  # pylint: disable=g-import-not-at-top
+  dataset = _CONFIG.value.get("dataset", "mnist")
+  if dataset not in _GENERATORS:
+    raise ValueError(f"config.dataset={dataset!r}; known: {sorted(_GENERATORS)}")
+  importlib.import_module(_GENERATORS[dataset]).run_config(
+      _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

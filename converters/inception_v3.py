@@ -16,26 +16,22 @@ Strict: any missing, unexpected or mis-shaped key is a ConversionError that
 lists them all. The input's SHA-256 goes into the output's metadata, so an
 Inception Score can say which weights it used.
 
-`load(spec)` resolves a converted directory, or 'random' (random weights,
-with a warning: smoke runs only).
+Loading a converted directory is `cgn_jax.models.inception_weights.load`
+(re-exported here as `load`).
 """
 
-import logging
 import pathlib
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cgn_jax import paths
 from cgn_jax.models import inception
+from cgn_jax.models import inception_weights
 from converters import common
 
-URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
-_HOWTO = (f"download torchvision's Inception-v3 weights ({URL}) and convert "
-          "them: `python -m converters inception-v3 --input "
-          "inception_v3_google-0cc3c7bd.pth --output DIR`")
+URL = inception_weights.URL
 
 _LEAVES = {
     ("params", "kernel"): "weight",
@@ -111,58 +107,9 @@ def convert(state_dict: Mapping[str, np.ndarray]) -> dict:
   return jax.tree.map(np.asarray, variables)
 
 
-def random_variables(seed: int = 0) -> dict:
-  """Random variables of the right tree, drawn with numpy (no compile).
-
-  Conv/Dense kernels ~ N(0, 1/fan_in), BatchNorm identity: activations stay
-  O(1), so smoke runs exercise realistic softmax outputs.
-  """
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, x):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(x.shape[:-1]))
-      return rng.standard_normal(x.shape, np.float32) / np.sqrt(fan_in)
-    if name in ("scale", "var"):
-      return np.ones(x.shape, np.float32)
-    return np.zeros(x.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, inception.abstract_variables())
-
-
-def load(spec) -> tuple[dict, dict]:
-  """Resolves `--inception`/`--weights` into (variables, metadata).
-
-  Args:
-    spec: a directory written by `python -m converters inception-v3`, or
-      'random' (random weights with a warning: smoke runs only; the score is
-      then meaningless).
-
-  Raises:
-    FileNotFoundError: the directory does not exist, saying how to make it.
-    ConversionError: it holds another model.
-  """
-  if str(spec).lower() == "random":
-    logging.warning("Inception weights 'random': the Inception Score of a "
-                    "RANDOM network is meaningless (smoke runs only); %s",
-                    _HOWTO)
-    return (jax.tree.map(jnp.asarray, random_variables()),
-            {"model": "inception_v3", "source": "random"})
-  path = pathlib.Path(spec).expanduser()
-  if path.is_file():
-    raise FileNotFoundError(f"{spec} is a file, not a converted checkpoint "
-                            f"directory; {_HOWTO}")
-  if not path.is_dir():
-    raise FileNotFoundError(f"Inception weights {spec} do not exist; "
-                            f"{_HOWTO}")
-  variables, metadata = common.load_variables(
-      path, inception.abstract_variables())
-  if metadata.get("model") != "inception_v3":
-    raise common.ConversionError(
-        f"{path} is not a converted Inception-v3 (metadata {metadata}); "
-        f"{_HOWTO}")
-  return jax.tree.map(jnp.asarray, variables), metadata
+# The loader lives in the library (it reads converted directories only).
+random_variables = inception_weights.random_variables
+load = inception_weights.load
 
 
 def add_arguments(parser) -> None:
@@ -175,7 +122,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
   path = pathlib.Path(args.input)
   variables = convert(common.load_torch_state_dict(path))
-  metadata = {"model": "inception_v3", "source": path.name,
+  metadata = {"model": inception_weights.MODEL, "source": path.name,
               "sha256": paths.sha256(path), "aux_logits": True,
               "transform_input": False}
   common.save_variables(args.output, variables, metadata)

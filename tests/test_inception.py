@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from cgn_jax import weights
 from cgn_jax.models import inception
 from converters import common
 from converters import inception_v3 as conv_inception
@@ -81,7 +82,7 @@ def test_load_rejects_missing_and_other_models(tmp_path):
     conv_inception.load(tmp_path / "nope")
   common.save_variables(tmp_path / "other", {"params": {"w": np.zeros(2)}},
                         {"model": "vgg16_features"})
-  with pytest.raises(common.ConversionError):
+  with pytest.raises(weights.WeightsError, match="vgg16_features"):
     conv_inception.load(tmp_path / "other")
 
 

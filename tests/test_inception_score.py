@@ -62,8 +62,8 @@ def test_split_bounds_use_every_image():
 
 
 def test_predict_pads_batches_and_resizes():
-  from converters import inception_v3  # pylint: disable=g-import-not-at-top
-  variables = jax.tree.map(np.asarray, inception_v3.random_variables(0))
+  from cgn_jax.models import inception_weights  # pylint: disable=g-import-not-at-top
+  variables = inception_weights.random_variables(0)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
   got = is_lib.predict_log_probs(variables, is_lib.batched(images, 2))

@@ -1,6 +1,7 @@
 """Counterfactual datasets: generation with a trained CGN, one module each.
 
   mnist.py     the MNIST CGN's counterfactual sets (generate.py, SPEC §3.1)
+  imagenet.py  the ImageNet CGN's datasets and interpolations (SPEC §5)
 
 Storage is in `cgn_jax/data/shards.py`. The names of the former single
 module `cgn_jax.counterfactuals` (e.g. `counterfactuals.ShardedSource`,

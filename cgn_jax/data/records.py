@@ -48,6 +48,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import msgpack
 import numpy as np
 
+from cgn_jax import provenance
+
 FORMAT = "cgn_jax.counterfactual_records/v1"
 METADATA = "metadata.json"
 LABELS = ("shape_cls", "texture_cls", "bg_cls")
@@ -58,7 +60,7 @@ _SUFFIX = ".array_record"
 _TMP = ".tmp"
 
 
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(provenance.ProvenanceMismatch):
   """An existing dataset was made differently from what is asked now."""
 
 
@@ -198,12 +200,6 @@ def _write_json_atomic(path: pathlib.Path, obj) -> None:
   os.replace(tmp, path)
 
 
-def _mismatch(old: Mapping, new: Mapping) -> list[str]:
-  keys = sorted(set(old) | set(new))
-  return [f"{k}: existing {old.get(k)!r} vs now {new.get(k)!r}"
-          for k in keys if old.get(k) != new.get(k)]
-
-
 class ShardedWriter:
   """Writes a dataset shard by shard; resumable (see the module docstring).
 
@@ -238,11 +234,7 @@ class ShardedWriter:
     if meta_path.is_file():
       with open(meta_path) as f:
         old = json.load(f)
-      flat_old = {**{k: v for k, v in old.items() if k != "metadata"},
-                  **old.get("metadata", {})}
-      flat_new = {**{k: v for k, v in self.header.items() if k != "metadata"},
-                  **self.header["metadata"]}
-      diff = _mismatch(flat_old, flat_new)
+      diff = provenance.differences(old, self.header)
       if diff:
         raise DatasetMismatchError(
             f"{self.directory} already holds a dataset made differently:\n  "

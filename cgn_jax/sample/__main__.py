@@ -7,6 +7,8 @@ from cgn_jax import cli
 COMMANDS = {
     "biggan": ("cgn_jax.sample.biggan", "sample BigGAN-deep images"),
     "u2net": ("cgn_jax.sample.u2net", "U^2-Net saliency mask of an image"),
+    "cgn-imagenet": ("cgn_jax.sample.cgn_imagenet",
+                     "ImageNet CGN interpolation sheets, GIFs and grids"),
 }
 
 
