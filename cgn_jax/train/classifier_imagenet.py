@@ -103,9 +103,11 @@ def optimizer_key(config, steps_per_epoch: int) -> tuple:
 
 
 def make_optimizer(config, steps_per_epoch: int):
-  """torch SGD(momentum, weight_decay): d = g + wd·θ; buf = μ·buf + d; θ -= lr·buf.
+  """torch's SGD(lr, momentum, weight_decay) as an optax chain.
 
-  optax's trace starts at zero, so its first step is buf = d, as torch's.
+  torch: d = g + wd·θ; buf = μ·buf + d (buf = d at the first step);
+  θ -= lr·buf. optax's trace starts at zero, so its first step is also
+  buf = d; the learning rate multiplies after the momentum, as in torch.
   """
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
