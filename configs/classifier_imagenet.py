@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.cue_conflict = ""
   # MadryLab's backgrounds challenge (original/, mixed_same/, mixed_rand/):
   c.eval.in9 = ""
+  c.eval.before_training = True  # as upstream (logged at step 0)
   c.eval_batch_size = 256
   c.eval_limit = 0          # without the suite: first N val images; 0 = all
 
@@ -106,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.worker_count = 0
     c.read_threads = 2
     c.eval.suite = False
+    c.eval.before_training = False
     c.data.synthetic = ml_collections.ConfigDict(
         dict(num_train=16, num_val=6, num_cf=12))
     c.model.stage_sizes = (1, 1, 1, 1)

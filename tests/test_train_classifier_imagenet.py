@@ -211,8 +211,10 @@ def test_real_and_counterfactual_step_on_an_image_folder(tmp_path):
   c.data.source, c.data.root, c.data.counterfactuals = ("imagefolder",
                                                         str(data), str(cf))
   c.eval.suite = True
+  c.eval.before_training = True
   c.eval_batch_size = 2
   res = trainer.train_and_evaluate(c, tmp_path / "run")
+  assert res["before_training"]["imagenet_val/num_images"] == 3
   record = res["epochs"][0]
   assert record["step"] == 3  # 12 real images, batch 4
   assert np.isfinite(record["train/loss_cf"])

@@ -660,8 +660,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   results = {"epochs": [], "best_acc1_real": None}
   if resume:  # no need for the backbone
     state, meta = ckpt.restore(abstract_state(config, model, tx, mesh), it)
-    results = {"epochs": list(meta.get("epochs", [])),
-               "best_acc1_real": meta.get("best_acc1_real")}
+    results = {k: meta.get(k) for k in ("epochs", "best_acc1_real",
+                                        "before_training")}
+    results["epochs"] = list(results["epochs"] or [])
     origin = f"resumed at step {int(state.step)}"
   else:
     state = jax.device_put(create_train_state(variables, tx), rep)
@@ -674,10 +675,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   logging.info("%d steps of %d real + %d counterfactual images (%d/epoch); "
                "%d to go (%s)", num_steps, config.batch_size, cf_batch, spe,
                num_steps - step, origin)
+  if not resume and config.eval.before_training:  # upstream's epoch 0
+    record = validate(model, {"params": state.params,
+                              "batch_stats": state.batch_stats}, sources,
+                      config, mesh)
+    results["before_training"] = record
+    writer.write(0, record)
 
   def save(at):
-    ckpt.save(at, state, it, {"epochs": results["epochs"],
-                              "best_acc1_real": results["best_acc1_real"]})
+    ckpt.save(at, state, it, {k: results.get(k) for k in (
+        "epochs", "best_acc1_real", "before_training")})
 
   # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
