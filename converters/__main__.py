@@ -1,6 +1,7 @@
 """`python -m converters NAME --input F --output DIR`.
 
-NAME: vgg16, cgn-mnist, biggan, u2net, resnet50, invariant-ensemble.
+NAME: one of COMMANDS below (vgg16, cgn-mnist, biggan, u2net, cgn-imagenet,
+inception-v3, resnet50, invariant-ensemble).
 """
 
 import sys

@@ -29,17 +29,14 @@ import pathlib
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cgn_jax.models import ensemble as ensemble_lib
 from cgn_jax.models import resnet as resnet_lib
+from cgn_jax.models import resnet_weights
 from converters import common
 
-URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-HOWTO = (f"download torchvision's ImageNet ResNet-50 ({URL}) and convert it: "
-         "`python -m converters resnet50 --input resnet50-0676ba61.pth "
-         "--output DIR`")
+URL = resnet_weights.URL
 
 # InvariantEnsemble's backbone is nn.Sequential(*resnet.children()[:-1]).
 _BACKBONE_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2",
@@ -77,10 +74,7 @@ def _flax_path(key: str, ndim: int):
 
 
 def _abstract(model) -> dict:
-  # Parameter shapes do not depend on the image size: trace at 32x32.
-  return jax.eval_shape(
-      lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False),
-      jax.random.PRNGKey(0))
+  return resnet_weights.abstract_variables(model)
 
 
 def _flat(tree) -> dict[str, tuple]:
@@ -148,36 +142,13 @@ def convert_ensemble(state_dict: Mapping[str, np.ndarray]) -> dict:
 
 
 def load_resnet50(directory) -> dict:
-  """Reads a directory written by `python -m converters resnet50`.
-
-  Returns:
-    {'params', 'batch_stats'} of ResNet-50 (fc included) as jax arrays.
-
-  Raises:
-    FileNotFoundError: the directory is missing or not a conversion, with
-      the commands that make it.
-  """
-  path = pathlib.Path(directory).expanduser()
-  if not path.is_dir() or not (path / "ckpt").is_dir():
-    raise FileNotFoundError(
-        f"pretrained ResNet-50 {path} not found (or not a converted "
-        f"checkpoint); {HOWTO}, then pass --config.pretrained=DIR "
-        "(or 'none' to train from scratch)")
-  variables, _ = common.load_variables(path, _abstract(resnet_lib.resnet50()))
-  return jax.tree.map(jnp.asarray, variables)
+  """Reads a directory written by `python -m converters resnet50`."""
+  return resnet_weights.load_resnet50(directory)
 
 
 def load_ensemble(directory) -> dict:
   """Reads a directory written by `python -m converters invariant-ensemble`."""
-  path = pathlib.Path(directory).expanduser()
-  if not (path / "ckpt").is_dir():
-    raise FileNotFoundError(
-        f"{path} is not a converted InvariantEnsemble; create it with "
-        "`python -m converters invariant-ensemble --input checkpoint.pth "
-        "--output DIR`")
-  variables, _ = common.load_variables(
-      path, _abstract(ensemble_lib.InvariantEnsemble()))
-  return jax.tree.map(jnp.asarray, variables)
+  return resnet_weights.load_ensemble(directory)
 
 
 def add_arguments(parser) -> None:
@@ -192,9 +163,9 @@ def run(args) -> int:
   """Converts for `resnet50` or `invariant-ensemble` (args.command)."""
   state_dict = common.load_torch_state_dict(args.input)
   if getattr(args, "command", "resnet50") == "invariant-ensemble":
-    variables, model = convert_ensemble(state_dict), "invariant_ensemble"
+    variables, model = convert_ensemble(state_dict), resnet_weights.ENSEMBLE
   else:
-    variables, model = convert_resnet50(state_dict), "resnet50"
+    variables, model = convert_resnet50(state_dict), resnet_weights.RESNET50
   common.save_variables(args.output, variables, {
       "model": model, "source": pathlib.Path(args.input).name})
   logging.info("converted %s -> %s", args.input, args.output)

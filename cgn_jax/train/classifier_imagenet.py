@@ -53,10 +53,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import weights
 from cgn_jax.models import ensemble as ensemble_lib
+from cgn_jax.models import resnet_weights
 from cgn_jax.train import common
 
 HEADS = ensemble_lib.HEADS
+# Config fields that may change when a run is resumed.
+RESUMABLE_FIELDS = ("epochs", "log_every_steps", "progress_bar", "overwrite",
+                    "read_threads", "prefetch", "worker_count",
+                    "eval_batch_size", "keep_checkpoints")
 # Running sums kept in the train state over an epoch.
 _SUMS = ("loss_real", "loss_cf", "real_top1", "real_top5",
          *(f"{h}_top1" for h in HEADS), "n_real", "n_cf", "steps")
@@ -90,10 +96,18 @@ def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
       decay_rate=config.lr_decay, staircase=True)
 
 
-def make_optimizer(config, steps_per_epoch: int):
-  """torch SGD(momentum, weight_decay): d = g + wd·θ; buf = μ·buf + d; θ -= lr·buf.
+def optimizer_key(config, steps_per_epoch: int) -> tuple:
+  """The optimizer's hyperparameters, hashable (keys the step cache)."""
+  return (config.learning_rate, config.momentum, config.weight_decay,
+          config.lr_decay, config.lr_decay_every_epochs, steps_per_epoch)
 
-  optax's trace starts at zero, so its first step is buf = d, as torch's.
+
+def make_optimizer(config, steps_per_epoch: int):
+  """torch's SGD(lr, momentum, weight_decay) as an optax chain.
+
+  torch: d = g + wd·θ; buf = μ·buf + d (buf = d at the first step);
+  θ -= lr·buf. optax's trace starts at zero, so its first step is also
+  buf = d; the learning rate multiplies after the momentum, as in torch.
   """
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
@@ -120,40 +134,55 @@ def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
       `python -m converters resnet50`, or 'none' (torchvision's random init).
     model: the ensemble.
     rng: initialises the heads (and the backbone when not pretrained).
-    load_resnet50: `directory -> ResNet-50 variables` (the converter's
-      loader; injected so the library does not depend on it).
+    load_resnet50: `directory -> ResNet-50 variables` (default: the strict
+      loader of converted directories; tests inject others).
 
   Returns:
     {'params', 'batch_stats'}.
   """
-  size = config.data.image_size
-  variables = jax.jit(functools.partial(ensemble_lib.init_variables, model,
-                                        image_size=size))(rng)
-  variables = flax.core.unfreeze(variables)
   spec = str(config.pretrained)
+  init = _jit_init(model, config.data.image_size)
   if spec.lower() == "none":
     logging.warning("pretrained='none': the backbone starts from random "
                     "weights (upstream runs use --pretrained)")
-    return variables
+    return flax.core.unfreeze(init(rng))
   if not spec:
     raise ValueError(
         "set --config.pretrained=DIR (a torchvision ResNet-50 converted by "
         "`python -m converters resnet50 --input resnet50-0676ba61.pth "
         "--output DIR`) or --config.pretrained=none to train from scratch")
-  if (tuple(config.model.stage_sizes), config.model.width) != ((3, 4, 6, 3),
-                                                               64):
-    raise ValueError("a pretrained backbone needs the ResNet-50 model "
-                     "(model.stage_sizes=(3, 4, 6, 3), model.width=64)")
-  if load_resnet50 is None:
-    from converters import resnet50 as resnet_convert  # pylint: disable=g-import-not-at-top
-    load_resnet50 = resnet_convert.load_resnet50
-  pretrained = load_resnet50(spec)
-  backbone = {c: {k: v for k, v in pretrained[c].items() if k != "fc"}
-              for c in ("params", "batch_stats")}
+  load_resnet50 = load_resnet50 or resnet_weights.load_resnet50
+  pretrained = load_resnet50(spec)  # fails before the (slow) init
+  variables = flax.core.unfreeze(init(rng))
   for c in ("params", "batch_stats"):
-    variables[c]["backbone"] = backbone[c]
+    backbone = {k: v for k, v in pretrained[c].items() if k != "fc"}
+    want = jax.tree.map(np.shape, variables[c]["backbone"])
+    if jax.tree.map(np.shape, backbone) != want:
+      raise ValueError(
+          f"the pretrained weights in {spec} do not fit the configured "
+          "backbone; a torchvision ResNet-50 needs model.stage_sizes="
+          "(3, 4, 6, 3) and model.width=64")
+    variables[c]["backbone"] = backbone
   logging.info("backbone: pretrained ResNet-50 from %s", spec)
   return variables
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_init(model, image_size: int):
+  # One compilation per model and size for every trainer in the process.
+  return jax.jit(functools.partial(ensemble_lib.init_variables, model,
+                                   image_size=image_size))
+
+
+def abstract_state(config, model, tx, mesh) -> TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings."""
+  abstract = jax.eval_shape(lambda: create_train_state(
+      ensemble_lib.init_variables(model, jax.random.PRNGKey(0),
+                                  config.data.image_size), tx))
+  rep = common.replicated(mesh)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+      abstract)
 
 
 # ------------------------------------------------------------------ steps --
@@ -232,6 +261,22 @@ def train_step(state: TrainState, batch, *, model, tx):
   new = state.replace(step=state.step + 1, params=params,
                       opt_state=opt_state, sums=sums)
   return new, {"loss_real": aux["loss_real"], "loss_cf": aux["loss_cf"]}
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_train_step(model, opt_key: tuple) -> Callable:
+  """`train_step` jitted with the state donated, one per (model, optimizer).
+
+  Cached so that trainers in one process (tests, benchmarks, a resumed run)
+  share its compilations.
+  """
+  lr, momentum, wd, decay, every, spe = opt_key
+  config = ml_collections.ConfigDict(dict(
+      learning_rate=lr, momentum=momentum, weight_decay=wd, lr_decay=decay,
+      lr_decay_every_epochs=every))
+  tx = make_optimizer(config, spe)
+  return jax.jit(functools.partial(train_step, model=model, tx=tx),
+                 donate_argnums=(0,))
 
 
 def epoch_train_metrics(sums: Mapping[str, Any]) -> dict:
@@ -322,10 +367,35 @@ def synthetic_sources(config) -> Sources:
                            counterfactual=True))
 
 
-# data.source -> function(config) -> Sources. The ImageFolder / TFDS
-# pipelines (cgn_jax/data/imagenet.py) register here when present.
+def imagenet_sources(config) -> Sources:
+  """ImageNet (ImageFolder root or 'tfds') + the counterfactual dataset.
+
+  The transforms are torchvision's (cgn_jax/data/transforms.py):
+  RandomResizedCrop 224 + flip for training, Resize 256 -> CenterCrop 224
+  for validation, ImageNet mean/std.
+  """
+  from cgn_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if not d.root:
+    raise imagenet.DataError(
+        "set --config.data.root=DIR (an ImageFolder ImageNet with train/ and "
+        "val/, e.g. imagenetmini-1000) or --config.data.root=tfds. "
+        + imagenet.IMAGENET_HELP)
+  if config.cf_ratio > 0 and not d.counterfactuals:
+    raise imagenet.DataError(
+        f"cf_ratio={config.cf_ratio} needs --config.data.counterfactuals="
+        "DIR (a counterfactual dataset written by generate.py); "
+        "cf_ratio=0 trains the real-only baseline")
+  src = imagenet.example_sources(d.root, d.counterfactuals or None,
+                                 d.image_size)
+  return Sources(**src)
+
+
+# data.source -> function(config) -> Sources.
 SOURCES: dict[str, Callable[[Any], Sources]] = {
     "synthetic": synthetic_sources,
+    "imagefolder": imagenet_sources,
+    "tfds": imagenet_sources,
 }
 
 
@@ -411,9 +481,18 @@ class TrainBatches:
     return out
 
 
-def make_train_iterator(batches: TrainBatches, threads: int, prefetch: int):
-  """A checkpointable grain iterator over every step's batch."""
+def make_train_iterator(batches: TrainBatches, threads: int, prefetch: int,
+                        worker_count: int = 0):
+  """A checkpointable grain iterator over every step's batch.
+
+  `worker_count` > 0 decodes in that many processes (grain mp_prefetch);
+  the batches are the same for any value.
+  """
   ds = grain.MapDataset.source(batches)
+  if worker_count > 0:
+    from cgn_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+    return imagenet.batches(ds, worker_count=worker_count, threads=threads,
+                            prefetch=prefetch)
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=threads, prefetch_buffer_size=prefetch)))
 
@@ -465,8 +544,21 @@ def evaluate(model, variables, source: Source, pairs, batch_size: int,
 
 
 def validate(model, variables, sources: Sources, config, mesh) -> dict:
-  """ImageNet val top-1/5 of the averaged logits; counterfactual val per
-  head (upstream `validate_imagenet` / `validate_counterfactual`)."""
+  """The per-epoch validation: the paper's suite, or top-k on `sources`.
+
+  With `eval.suite` (real data) it runs cgn_jax.evaluation.suite: ImageNet
+  val top-1/5 of the averaged logits, counterfactual val per head, shape
+  bias per head (eval.cue_conflict) and the backgrounds challenge (eval.in9),
+  each skipped with a message when its data is absent. Otherwise (synthetic
+  data, smoke runs) it scores `sources.real_val` / `sources.cf_val` the same
+  way (upstream `validate_imagenet` / `validate_counterfactual`).
+
+  Returns:
+    Flat {name: value}; 'acc1/1_real' is the real top-1 (% ) that picks the
+    best checkpoint, as upstream after the [FA] fix.
+  """
+  if config.eval.suite:
+    return _run_suite(model, variables, config)
   metrics = {}
   bs, limit = config.eval_batch_size, config.eval_limit
   if sources.real_val is not None and len(sources.real_val):
@@ -478,6 +570,45 @@ def validate(model, variables, sources: Sources, config, mesh) -> dict:
                  tuple((h, h) for h in HEADS), bs, mesh, limit)
     for h in HEADS:
       metrics[f"acc1/{h}"], metrics[f"acc5/{h}"] = r[f"{h}/1"], r[f"{h}/5"]
+  return metrics
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_outputs(model):
+  # One compilation for every epoch's evaluation (the suite's own
+  # make_apply_fn would jit afresh each time).
+  @jax.jit
+  def outputs(variables, images):
+    _, out = model.apply(variables, images, train=False)
+    return {k: out[k] for k in ensemble_lib.OUTPUTS}
+  return outputs
+
+
+def _flatten(tree, prefix="") -> dict:
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, name + "/"))
+    elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+      out[name] = float(v)
+  return out
+
+
+def _run_suite(model, variables, config) -> dict:
+  from cgn_jax.evaluation import suite  # pylint: disable=g-import-not-at-top
+  outputs = _jit_outputs(model)
+  apply_fn = lambda images: jax.device_get(outputs(variables, images))
+  data = {"imagenet_val": config.data.root,
+          "counterfactual_val": config.data.counterfactuals,
+          "shape_bias": config.eval.cue_conflict, "in9": config.eval.in9}
+  res = suite.run_suite(apply_fn, data, batch_size=config.eval_batch_size,
+                        worker_count=config.worker_count, log=logging.info)
+  metrics = _flatten({k: v for k, v in res.items()
+                      if k not in ("skipped", "seconds")})
+  val = res.get("imagenet_val")
+  if val:
+    metrics["acc1/1_real"], metrics["acc5/1_real"] = val["top1"], val["top5"]
   return metrics
 
 
@@ -511,61 +642,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                          jax.process_count())
   spe = batches.steps_per_epoch
   num_steps = len(batches)
-  it = make_train_iterator(batches, config.data.read_threads,
-                           config.data.prefetch)
 
   # ------------------------------------------------------ model / restore
   model = create_model(config)
   tx = make_optimizer(config, spe)
   rep = common.replicated(mesh)
+  # Only a checkpoint made with this config is resumed (provenance.json).
+  common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),
+                       overwrite=config.overwrite)
   ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  results = {"epochs": [], "best_acc1_real": None}
-  if ckpt.latest_step() is not None:  # resume: no need for the backbone
-    abstract = jax.eval_shape(
-        lambda: create_train_state(
-            ensemble_lib.init_variables(model, jax.random.PRNGKey(0),
-                                        config.data.image_size), tx))
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-        abstract)
-    state, meta = ckpt.restore(abstract, it)
-    results = {"epochs": list(meta.get("epochs", [])),
-               "best_acc1_real": meta.get("best_acc1_real")}
-    origin = f"resumed at step {int(state.step)}"
-  else:
+  resume = ckpt.latest_step() is not None
+  if not resume:  # a missing backbone fails before any worker starts
     variables = initial_variables(config, model,
                                   jax.random.PRNGKey(config.seed))
+  it = make_train_iterator(batches, config.read_threads, config.prefetch,
+                           config.worker_count)
+  results = {"epochs": [], "best_acc1_real": None}
+  if resume:  # no need for the backbone
+    state, meta = ckpt.restore(abstract_state(config, model, tx, mesh), it)
+    results = {k: meta.get(k) for k in ("epochs", "best_acc1_real",
+                                        "before_training")}
+    results["epochs"] = list(results["epochs"] or [])
+    origin = f"resumed at step {int(state.step)}"
+  else:
     state = jax.device_put(create_train_state(variables, tx), rep)
-    origin = "pretrained backbone" if str(config.pretrained).lower() != \
-        "none" else "scratch"
+    origin = ("pretrained backbone"
+              if str(config.pretrained).lower() != "none" else "scratch")
   step = int(state.step)
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx),
-                    donate_argnums=(0,))
+  step_fn = compiled_train_step(model, optimizer_key(config, spe))
   writer = common.MetricWriter(workdir)
   schedule = lr_schedule(config, spe)
   logging.info("%d steps of %d real + %d counterfactual images (%d/epoch); "
                "%d to go (%s)", num_steps, config.batch_size, cf_batch, spe,
                num_steps - step, origin)
+  if not resume and config.eval.before_training:  # upstream's epoch 0
+    record = validate(model, {"params": state.params,
+                              "batch_stats": state.batch_stats}, sources,
+                      config, mesh)
+    results["before_training"] = record
+    writer.write(0, record)
 
   def save(at):
-    ckpt.save(at, state, it, {"epochs": results["epochs"],
-                              "best_acc1_real": results["best_acc1_real"]})
+    ckpt.save(at, state, it, {k: results.get(k) for k in (
+        "epochs", "best_acc1_real", "before_training")})
 
   # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
-             disable=not config.progress_bar)
-  t0, s0 = time.time(), step
+             disable=not config.progress_bar, desc="classifier")
+  t0, s0, first = time.time(), step, True
   try:
     with common.StopSignal() as stop:
       while step < num_steps:
         state, m = step_fn(state, common.shard_batch(next(it), mesh))
         step += 1
         bar.update(1)
+        if first:  # compilation, timed on its own
+          jax.block_until_ready(state)
+          writer.write(step, {"compile_s": time.time() - t0})
+          t0, s0, first = time.time(), step, False
         if step % config.log_every_steps == 0 or step == 1:
           m = {k: float(v) for k, v in m.items()}
           m["lr"] = float(schedule(step - 1))
-          m["steps_per_second"] = (step - s0) / max(time.time() - t0, 1e-9)
+          if step > s0:
+            m["steps_per_second"] = (step - s0) / (time.time() - t0)
           common.check_finite(step, m, ckpt.directory)
           writer.write(step, m)
           bar.set_postfix({k: f"{v:.3g}" for k, v in m.items()
@@ -584,6 +724,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   finally:
     bar.close()
     ckpt.close()
+    writer.close()
+    close = getattr(it, "close", None)
+    if close is not None:  # stops grain's worker processes now
+      close()
   common.write_json(workdir / "results.json", results)
   return results
 
@@ -614,7 +758,8 @@ def _end_epoch(state, epoch, step, results, model, sources, config, mesh,
 
 
 def _save_best(directory, variables, epoch, acc) -> None:
-  from converters import common as convert_common  # pylint: disable=g-import-not-at-top
-  convert_common.save_variables(
+  # The converters' format: `python -m cgn_jax.experiments.imagenet_eval
+  # --weights WORKDIR` and `resnet_weights.load_ensemble` read it.
+  weights.save_variables(
       directory, jax.device_get(variables),
-      {"model": "invariant_ensemble", "epoch": epoch, "acc1_real": acc})
+      {"model": resnet_weights.ENSEMBLE, "epoch": epoch, "acc1_real": acc})
