@@ -13,13 +13,20 @@ namespace.
 
 from cgn_jax.losses.adversarial import lsgan_discriminator_loss
 from cgn_jax.losses.adversarial import lsgan_generator_loss
+from cgn_jax.losses.background import background_loss
+from cgn_jax.losses.cgn_imagenet import cgn_imagenet_losses
 from cgn_jax.losses.jitter import adjust_color
 from cgn_jax.losses.jitter import color_jitter
 from cgn_jax.losses.mask import binary_entropy_loss
 from cgn_jax.losses.mask import edge_loss
+from cgn_jax.losses.mask import mask_size_loss
+from cgn_jax.losses.reconstruction import l1_loss
 from cgn_jax.losses.ssim import ssim_loss
 from cgn_jax.losses.style import gram_matrix
 from cgn_jax.losses.style import STYLE_LAYERS
 from cgn_jax.losses.style import STYLE_SCALE
 from cgn_jax.losses.style import style_loss
 from cgn_jax.losses.style import style_loss_terms
+from cgn_jax.losses.texture import resize_bicubic
+from cgn_jax.losses.texture import texture_loss
+from cgn_jax.losses.texture import texture_target

@@ -1,4 +1,5 @@
-"""Mask priors: binary entropy (SPEC §2.5) and [BG]'s edge loss (§8.3)."""
+"""Mask priors: binary entropy (SPEC §2.5, §4.4), [BG]'s edge loss (§8.3) and
+the ImageNet CGN's mask-size hinge (§4.4)."""
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +48,25 @@ def edge_loss(mask: jax.Array, weight: float,
   m = mask.astype(jnp.float32)
   centre = m[:, border:h - border, border:w - border, :]
   return weight * (jnp.sum(m) - 2.0 * jnp.sum(centre)) / (w * h * b)
+
+
+def mask_size_loss(mask: jax.Array, weight: float,
+                   interval: tuple[float, float] = (0.1, 0.9)) -> jax.Array:
+  """λ · batch mean of max(0, lo − μ) + max(0, μ − hi), μ = a sample's mean mask.
+
+  Upstream `MaskLoss` (ImageNet, SPEC §4.4): keeps the object from vanishing
+  or filling the whole image. The hinge has zero gradient inside the
+  interval.
+
+  Args:
+    mask: [B, H, W, C] clipped mask.
+    weight: LAMBDA.MASK (500).
+    interval: (lo, hi), upstream [0.1, 0.9].
+
+  Returns:
+    scalar loss.
+  """
+  lo, hi = interval
+  mu = jnp.mean(mask.astype(jnp.float32), axis=(1, 2, 3))
+  hinge = jnp.maximum(0.0, lo - mu) + jnp.maximum(0.0, mu - hi)
+  return weight * jnp.mean(hinge)
