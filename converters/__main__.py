@@ -9,6 +9,7 @@ COMMANDS = {
     "cgn-mnist": ("converters.cgn_mnist", "the authors' MNIST CGN ckp.pth"),
     "biggan": ("converters.biggan", "pytorch-pretrained-biggan weights"),
     "u2net": ("converters.u2net", "U^2-Net / U^2-Netp released weights"),
+    "cgn-imagenet": ("converters.cgn_imagenet", "the authors' ImageNet CGN cgn.pth"),
 }
 
 
