@@ -185,7 +185,8 @@ def patch_grid(images: jax.Array, windows: jax.Array, patch: int = PATCH,
   rows, cols = windows // n_cols, windows % n_cols
 
   def cut(img, r, col):
-    return jax.lax.dynamic_slice(img, (r, col, 0), (patch, patch, c))
+    return jax.lax.dynamic_slice(img, (r, col, jnp.zeros_like(r)),
+                                 (patch, patch, c))
 
   patches = jax.vmap(jax.vmap(cut, (None, 0, 0)))(images, rows, cols)
   patches = patches.reshape(b, n_up, n_up, patch, patch, c)
