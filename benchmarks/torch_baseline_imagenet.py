@@ -85,6 +85,15 @@ def biggan(channel_width):
   with torch.no_grad():
     model.generator.bn.weight.fill_(1.0)
     model.generator.bn.bias.zero_()
+    # Converge spectral norm's u, v as in released weights: with torch's
+    # random start, eval mode (biggan_GT) divides by a sigma near 0 -> NaN.
+    for m in model.modules():
+      if hasattr(m, "weight_orig"):
+        w = m.weight_orig.reshape(m.weight_orig.shape[0], -1)
+        u, v = m.weight_u, m.weight_v
+        for _ in range(20):
+          v.copy_(F.normalize(w.t() @ u, dim=0, eps=1e-4))
+          u.copy_(F.normalize(w @ v, dim=0, eps=1e-4))
   return model
 
 
@@ -159,8 +168,9 @@ class CGN(nn.Module):
     return tuple((u_vec.to(dev), self.get_class_vec(y).to(dev),
                   self.truncation) for y in ys)
 
-  def forward(self):
-    inp0, inp1, inp2 = self.get_inp()
+  def forward(self, inp=None):
+    """Upstream's call forms 1 (no args: a training draw) and 2 (inp)."""
+    inp0, inp1, inp2 = self.get_inp() if inp is None else (inp, inp, inp)
     x_gt = self.biggan_GT(*inp0).detach()
     premask = self.f_shape(*inp0)
     mask = torch.clamp(self.u2net(premask), 0.0001, 0.9999)
@@ -201,18 +211,22 @@ def make_grid_no_padding(patches, nrow):
       c, rows * h, nrow * w)
 
 
-def get_sampled_patches(prob_maps, paint, patch_sz, sample_sz, n_up):
+def get_sampled_patches(prob_maps, paint, patch_sz, sample_sz, n_up,
+                        windows=None):
+  """Upstream's patch grid; `windows` [B, n_up²] replaces the draws (tests)."""
   paint_shape = paint.shape[-2:]
   prob_maps = F.interpolate(prob_maps, (128, 128), mode="bicubic",
                             align_corners=False)
   paint = F.interpolate(paint, (128, 128), mode="bicubic",
                         align_corners=False)
   mode_patches = []
-  for p, prob in zip(paint, prob_maps):
+  for i, (p, prob) in enumerate(zip(paint, prob_maps)):
     prob_patches = get_all_patches(prob.unsqueeze(0), patch_sz)
     prob_patches_mean = prob_patches.mean((1, 2, 3))
     max_ind = torch.argsort(prob_patches_mean)[-sample_sz:]
     max_ind = max_ind[torch.randint(len(max_ind), (n_up**2,))].squeeze()
+    if windows is not None:
+      max_ind = torch.as_tensor(windows[i])
     p_patches = get_all_patches(p[None], patch_sz)
     patches = make_grid_no_padding(p_patches[max_ind], n_up)
     patches = F.interpolate(patches[None], paint_shape, mode="bicubic",
@@ -230,10 +244,10 @@ class PercLossText(nn.Module):
     self.sample_sz = sample_sz
     self.n_up = n_up
 
-  def forward(self, ims, mask, paint):
+  def forward(self, ims, mask, paint, windows=None):
     ims, mask = ims.detach(), mask.detach()
     target = get_sampled_patches(mask, ims, self.patch_sz, self.sample_sz,
-                                 self.n_up)
+                                 self.n_up, windows)
     return self.loss(paint, target.detach())
 
 
@@ -258,6 +272,16 @@ def background_loss(mask):
   return torch.max(torch.zeros_like(loss), loss)
 
 
+def generator_losses(l_perc, l_text, x_gt, mask, foreground, background_mask,
+                     x_gen, windows=None):
+  """The loop body of train_cgn.fit(): six losses, each `.mean()`ed."""
+  losses = {"l1": l1_loss(x_gen, x_gt), "perc": l_perc(x_gen, x_gt),
+            "binary": binary_loss(mask), "mask": mask_loss(mask),
+            "perc_text": l_text(x_gt, mask, foreground, windows),
+            "bg": background_loss(background_mask)}
+  return {k: v.mean() for k, v in losses.items()}
+
+
 # ---------------------------------------------------------------------------
 # One iteration of train_cgn.fit().
 
@@ -277,11 +301,8 @@ def build_step(size, batch, device, batch_acc):
   def step():
     x_gt, mask, _, foreground, background, background_mask = cgn()
     x_gen = mask * foreground + (1 - mask) * background
-    losses = {"l1": l1_loss(x_gen, x_gt), "perc": l_perc(x_gen, x_gt),
-              "binary": binary_loss(mask), "mask": mask_loss(mask),
-              "perc_text": l_text(x_gt, mask, foreground),
-              "bg": background_loss(background_mask)}
-    losses = {k: v.mean() for k, v in losses.items()}
+    losses = generator_losses(l_perc, l_text, x_gt, mask, foreground,
+                              background_mask, x_gen)
     g_loss = sum(losses.values())
     g_loss.backward()
     counter[0] += 1
