@@ -251,6 +251,33 @@ def _need_dir(spec: str, field: str, howto: str) -> str:
   return str(path)
 
 
+_HOWTO = {
+    "cgn": "convert the authors' cgn.pth with `python -m converters "
+           "cgn-imagenet --input cgn.pth --output DIR`",
+    "biggan": "convert BigGAN-deep-256 with `python -m converters biggan "
+              "--input biggan-deep-256-pytorch_model.bin --config "
+              "biggan-deep-256 --output DIR`",
+    "u2net": "convert U²-Net with `python -m converters u2net --input "
+             "u2net.pth --output DIR`",
+    "vgg16": "convert torchvision's VGG16 with `python -m converters vgg16 "
+             "--input vgg16-397923af.pth --output DIR`",
+}
+
+
+def check_weight_paths(config, resuming: bool) -> None:
+  """Fails fast, before anything is built, on a missing weights directory.
+
+  A resumed run needs only VGG16 (the checkpoint holds the whole CGN).
+  """
+  w = config.weights
+  fields = ["vgg16"]
+  if not resuming:
+    fields += ["cgn"] if w.cgn else ["biggan", "u2net"]
+  for field in fields:
+    if w[field] not in ("random", "none") or field == "cgn":
+      _need_dir(w[field], f"weights.{field}", _HOWTO[field])
+
+
 def load_variables(config, model) -> dict:
   """The CGN's initial variables from the configured weights (SPEC §4.1).
 
@@ -264,9 +291,7 @@ def load_variables(config, model) -> dict:
   from converters import u2net as u2net_convert  # pylint: disable=g-import-not-at-top
   w = config.weights
   if w.cgn:
-    path = _need_dir(w.cgn, "weights.cgn", "convert the authors' cgn.pth "
-                     "with `python -m converters cgn-imagenet --input cgn.pth "
-                     "--output DIR`")
+    path = _need_dir(w.cgn, "weights.cgn", _HOWTO["cgn"])
     found, variables = cgn_convert.load(path)
     if found != model:
       raise ValueError(
@@ -280,10 +305,7 @@ def load_variables(config, model) -> dict:
   if w.biggan == "random":
     bg = biggan_lib.random_variables(gen, config.seed)
   else:
-    path = _need_dir(w.biggan, "weights.biggan", "convert BigGAN-deep-256 "
-                     "with `python -m converters biggan --input "
-                     "biggan-deep-256-pytorch_model.bin --config "
-                     "biggan-deep-256 --output DIR`")
+    path = _need_dir(w.biggan, "weights.biggan", _HOWTO["biggan"])
     found, bg = biggan_convert.load(path)
     if found != model.biggan_config:
       raise ValueError(f"weights.biggan={w.biggan} is a BigGAN of another "
@@ -293,9 +315,7 @@ def load_variables(config, model) -> dict:
     from cgn_jax.models import u2net as u2net_lib  # pylint: disable=g-import-not-at-top
     u2 = u2net_lib.init_variables(config.seed, model.u2net_variant)
   else:
-    path = _need_dir(w.u2net, "weights.u2net", "convert U²-Net with "
-                     "`python -m converters u2net --input u2net.pth "
-                     "--output DIR`")
+    path = _need_dir(w.u2net, "weights.u2net", _HOWTO["u2net"])
     variant, u2 = u2net_convert.load(path)
     if variant != model.u2net_variant:
       raise ValueError(f"weights.u2net={w.u2net} is {variant}, the config "
@@ -303,15 +323,16 @@ def load_variables(config, model) -> dict:
   return jax.tree.map(jnp.asarray, imagenet_cgn.assemble(bg, u2))
 
 
+@functools.lru_cache(maxsize=2)
 def load_vgg(spec: str):
-  """VGG16 {'params', 'frozen'} for the style losses; None for 'none'."""
+  """VGG16 {'params', 'frozen'} for the style losses; None for 'none'.
+
+  Cached: tests and benchmarks build several trainers per process.
+  """
   from converters import vgg16 as vgg16_convert  # pylint: disable=g-import-not-at-top
   if spec not in ("random", "none"):
-    _need_dir(spec, "weights.vgg16", "convert torchvision's VGG16 with "
-              "`python -m converters vgg16 --input vgg16-397923af.pth "
-              "--output DIR`")
-  variables = vgg16_convert.load_vgg16(
-      spec if spec in ("random", "none") else os.path.expanduser(spec))
+    spec = _need_dir(spec, "weights.vgg16", _HOWTO["vgg16"])
+  variables = vgg16_convert.load_vgg16(spec)
   if variables is None:
     return None
   params = variables.get("params", variables)
@@ -393,14 +414,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = create_model(config)
   s = Static.from_config(config, model)  # checks truncation first
   common.check_global_batch(s.batch_size)
-  vgg_variables = load_vgg(config.weights.vgg16)
+  ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  check_weight_paths(config, resuming=ckpt.latest_step() is not None)
+  vgg_variables = load_vgg(str(config.weights.vgg16))
   mesh = common.make_mesh()
-  workdir.mkdir(parents=True, exist_ok=True)
   common.write_json(workdir / "config.json", config.to_dict())
   tx = make_optimizer(config)
 
   # ------------------------------------------------------ state / restore
-  ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   state, sharding, origin = _initial_state(config, model, tx, mesh, ckpt)
   if vgg_variables is not None:
     vgg_variables = jax.device_put(vgg_variables, common.replicated(mesh))
