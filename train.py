@@ -18,6 +18,7 @@ from ml_collections import config_flags
 TRAINERS = {
     "cgn_mnist": "cgn_jax.train.cgn_mnist",
     "classifier_mnist": "cgn_jax.train.classifier_mnist",
+    "cgn_imagenet": "cgn_jax.train.cgn_imagenet",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
