@@ -26,6 +26,7 @@ from cgn_jax import cli
 TRAINERS = {
     "cgn_mnist": "cgn_jax.train.cgn_mnist",
     "classifier_mnist": "cgn_jax.train.classifier_mnist",
+    "cgn_imagenet": "cgn_jax.train.cgn_imagenet",
     "classifier_imagenet": "cgn_jax.train.classifier_imagenet",
 }
 

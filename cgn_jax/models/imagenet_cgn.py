@@ -122,6 +122,24 @@ def compose(mask, foreground, background):
   return mask * foreground + (1.0 - mask) * background
 
 
+def mechanism_classes(ys, batch_size: int, num_classes: int):
+  """One class or a (shape, texture, background) triple -> three [B, C]."""
+  if isinstance(ys, (list, tuple)):
+    if len(ys) != 3:
+      raise ValueError("pass one class or three (shape, texture, "
+                       f"background), got {len(ys)}")
+    return tuple(class_vector(y, batch_size, num_classes) for y in ys)
+  y = class_vector(ys, batch_size, num_classes)
+  return y, y, y
+
+
+def _outputs(x_gt, premask, mask, foreground, background, background_mask):
+  return {"x_gt": jax.lax.stop_gradient(x_gt), "premask": premask,
+          "mask": mask, "foreground": foreground, "background": background,
+          "background_mask": background_mask,
+          "x_gen": compose(mask, foreground, background)}
+
+
 class ImageNetCGN(nn.Module):
   """Four BigGAN-deep generators and a U²-Net (see the module docstring).
 
@@ -133,8 +151,9 @@ class ImageNetCGN(nn.Module):
     bn_interpolation: BigGAN's truncation-statistics rule ('package' for
       parity, 'exact'; see models/biggan.py).
     dtype: compute dtype (parameters and returned images stay float32).
-    remat: rematerialise each generator and U²-Net pass in the backward
-      pass (less memory, about one more forward of compute).
+    remat: in `fused_forward`, rematerialise each trainable generator and
+      the U²-Net pass in the backward pass (less memory, about one more
+      forward of compute).
   """
   biggan: Any = "biggan-deep-256"
   u2net_variant: str = "u2net"
@@ -156,24 +175,9 @@ class ImageNetCGN(nn.Module):
     return self.biggan_config["z_dim"]
 
   def setup(self):
-    gen_cls = biggan_lib.BigGAN
-    u2_cls = u2net_lib.U2Net
-    if self.remat:
-      # Argument 3 (counting self) is the static truncation; `train` is a
-      # keyword and closed over by the lifted transform.
-      gen_cls = nn.remat(gen_cls, static_argnums=(3,))
-      u2_cls = nn.remat(u2_cls)
-    c = self.biggan_config
-    kwargs = dict(z_dim=c["z_dim"], channel_width=c["channel_width"],
-                  num_classes=c["num_classes"], layers=c["layers"],
-                  attention_layer_position=c["attention_layer_position"],
-                  n_stats=c["n_stats"], eps=c["eps"],
-                  bn_interpolation=self.bn_interpolation, dtype=self.dtype)
     for name in GENERATORS:
-      setattr(self, name, gen_cls(**kwargs))
-    # CGN's copy of U²-Net upsamples with align_corners=True and sees the raw
-    # [-1, 1] BigGAN output (SPEC §4.1): no resize, no normalisation.
-    self.u2net = u2_cls(variant=self.u2net_variant, dtype=self.dtype)
+      setattr(self, name, biggan_module(self))
+    self.u2net = u2net_module(self)
 
   def _saliency(self, images):
     saliency, _ = self.u2net(images)  # eval-mode BatchNorm
@@ -197,26 +201,34 @@ class ImageNetCGN(nn.Module):
       carries no gradient.
     """
     truncation = check_truncation(truncation)
-    batch = u.shape[0]
-    if isinstance(ys, (list, tuple)):
-      if len(ys) != 3:
-        raise ValueError("pass one class or three (shape, texture, "
-                         f"background), got {len(ys)}")
-      y_shape, y_text, y_bg = (class_vector(y, batch, self.num_classes)
-                               for y in ys)
-    else:
-      y_shape = y_text = y_bg = class_vector(ys, batch, self.num_classes)
+    y_shape, y_text, y_bg = mechanism_classes(ys, u.shape[0],
+                                              self.num_classes)
 
     x_gt, _ = self.biggan_gt(u, y_shape, truncation, train=False)
     premask, _ = self.f_shape(u, y_shape, truncation, train=train)
     foreground, _ = self.f_text(u, y_text, truncation, train=train)
     background, _ = self.f_bg(u, y_bg, truncation, train=train)
     mask = jnp.clip(self._saliency(premask), MASK_MIN, MASK_MAX)
-    background_mask = self._saliency(background)
-    return {"x_gt": jax.lax.stop_gradient(x_gt), "premask": premask,
-            "mask": mask, "foreground": foreground, "background": background,
-            "background_mask": background_mask,
-            "x_gen": compose(mask, foreground, background)}
+    return _outputs(x_gt, premask, mask, foreground, background,
+                    self._saliency(background))
+
+
+def biggan_module(model) -> biggan_lib.BigGAN:
+  """One (unbound) BigGAN-deep of this CGN's configuration."""
+  c = model.biggan_config
+  return biggan_lib.BigGAN(
+      z_dim=c["z_dim"], channel_width=c["channel_width"],
+      num_classes=c["num_classes"], layers=c["layers"],
+      attention_layer_position=c["attention_layer_position"],
+      n_stats=c["n_stats"], eps=c["eps"],
+      bn_interpolation=model.bn_interpolation, dtype=model.dtype)
+
+
+def u2net_module(model) -> u2net_lib.U2Net:
+  """The (unbound) U²-Net of this CGN."""
+  # CGN's copy of U²-Net upsamples with align_corners=True and sees the raw
+  # [-1, 1] BigGAN output (SPEC §4.1): no resize, no normalisation.
+  return u2net_lib.U2Net(variant=model.u2net_variant, dtype=model.dtype)
 
 
 def from_config(biggan: Any = "biggan-deep-256", u2net_variant: str = "u2net",
@@ -251,11 +263,77 @@ def random_variables(model: ImageNetCGN, seed: int = 0) -> dict:
 
 
 def assemble(biggan_variables, u2net_variables) -> dict:
-  """Variables of a CGN whose four BigGANs start from one BigGAN (upstream)."""
+  """Variables of a CGN whose four BigGANs start from one BigGAN (upstream).
+
+  Each copy gets its own arrays (a jitted update donates its input buffers,
+  and one buffer must not back two leaves).
+  """
   out = {"params": {}, "spectral": {}, "batch_stats": {}}
   for name in GENERATORS:
     for col in out:
-      out[col][name] = biggan_variables[col]
+      out[col][name] = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                    biggan_variables[col])
   out["params"]["u2net"] = u2net_variables["params"]
   out["batch_stats"]["u2net"] = u2net_variables["batch_stats"]
   return out
+
+
+def _sub(variables, name: str) -> dict:
+  """The variables of top-level submodule `name`."""
+  return {col: tree[name] for col, tree in variables.items() if name in tree}
+
+
+def fused_forward(model: ImageNetCGN, variables, u, ys, truncation: float, *,
+                  train: bool = True):
+  """`model.apply(variables, u, ys, truncation, train=train)`, for training.
+
+  The same computation as `ImageNetCGN.__call__` (tested to agree with it
+  and with the upstream golden), arranged so that XLA compiles less: the
+  three mechanisms run as one `lax.scan` over their stacked variables (one
+  BigGAN body instead of three, in the forward and the backward pass), and
+  U²-Net sees premask and background as one batch of 2B (eval-mode
+  BatchNorm, so per-sample results do not depend on the batch). With
+  `model.remat`, each scan step and the U²-Net pass are rematerialised.
+
+  Args:
+    model: the ImageNetCGN (its configuration; it is not bound).
+    variables: its {'params', 'spectral', 'batch_stats'}.
+    u, ys, truncation: as `ImageNetCGN.__call__`.
+    train: run the mechanisms' spectral-norm power iteration.
+
+  Returns:
+    (outputs, spectral): the outputs dict of `ImageNetCGN.__call__`, and the
+    {f_shape, f_text, f_bg} spectral state after the forward (unchanged
+    when not `train`).
+  """
+  truncation = check_truncation(truncation)
+  gen, u2 = biggan_module(model), u2net_module(model)
+  batch = u.shape[0]
+  y_shape, y_text, y_bg = mechanism_classes(ys, batch, model.num_classes)
+  x_gt, _ = gen.apply(_sub(variables, "biggan_gt"), u, y_shape, truncation)
+
+  def mechanism(v, y):
+    if not train:
+      return gen.apply(v, u, y, truncation)[0], v["spectral"]
+    (image, _), mutated = gen.apply(v, u, y, truncation, train=True,
+                                    mutable=["spectral"])
+    return image, mutated["spectral"]
+
+  def saliency(v, images):
+    return u2.apply(v, images)[0].astype(jnp.float32)
+
+  if model.remat:
+    mechanism, saliency = jax.checkpoint(mechanism), jax.checkpoint(saliency)
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs),
+                         *(_sub(variables, n) for n in MECHANISMS))
+  _, (images, spectral) = jax.lax.scan(
+      lambda _, xs: (None, mechanism(*xs)), None,
+      (stacked, jnp.stack([y_shape, y_text, y_bg])))
+  premask, foreground, background = images[0], images[1], images[2]
+  sal = saliency(_sub(variables, "u2net"),
+                 jnp.concatenate([premask, background]))
+  mask = jnp.clip(sal[:batch], MASK_MIN, MASK_MAX)
+  outputs = _outputs(x_gt, premask, mask, foreground, background,
+                     sal[batch:])
+  return outputs, {n: jax.tree.map(lambda x, i=i: x[i], spectral)
+                   for i, n in enumerate(MECHANISMS)}

@@ -1,0 +1,488 @@
+"""Trains the ImageNet CGN (SPEC §4.4-§4.5): three Adam groups, accumulation.
+
+One *update* (upstream: one "episode") is `batch_acc` micro-steps inside one
+jitted function (`lax.scan`). Each micro-step draws its inputs on the device
+(one class for the micro-batch, or one per sample; truncated-normal noise,
+the same for the four generators), runs the CGN in train mode (the three
+mechanisms' spectral norm runs one power iteration and its u, v are carried
+to the next micro-step, as upstream's every forward updates them), computes
+the six losses (`cgn_jax.losses.cgn_imagenet`) and their gradient with
+respect to f_shape, f_text and f_bg only. The gradients are summed over the
+micro-steps (upstream, SPEC §4.5) or averaged (`accumulate='mean'`), then
+one `optax.multi_transform` step applies Adam with lr 8e-6 / 3e-5 / 1e-5 to
+shape / texture / background. `biggan_gt` and U²-Net are never
+differentiated and come back unchanged.
+
+Randomness: update `s` uses `fold_in(state.rng, s)`, split into one key per
+micro-step, so the "data position" is the update counter and a resumed run
+is bitwise identical to an uninterrupted one on CPU.
+
+Deviations from upstream (SPEC §10): sample sheets are drawn in eval mode
+from a fixed noise as upstream, but never change the training state;
+metrics, sheets and checkpoints count updates, not forward passes.
+"""
+
+import dataclasses
+import functools
+import os
+import pathlib
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cgn_jax.losses import cgn_imagenet as losses_lib
+from cgn_jax.models import biggan as biggan_lib
+from cgn_jax.models import imagenet_cgn
+from cgn_jax.models import vgg16 as vgg_lib
+from cgn_jax.train import common
+
+P = jax.sharding.PartitionSpec
+GROUPS = {"f_shape": "shape", "f_text": "texture", "f_bg": "bg"}
+SHEET_COLUMNS = ("mask", "premask", "foreground", "background", "x_gen",
+                 "x_gt")
+_SHARD_MIN_SIZE = 2**16  # smaller leaves stay replicated under shard_params
+
+
+# ------------------------------------------------------------------ state --
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run holds; the checkpointed pytree.
+
+  params / spectral: the three mechanisms (f_shape, f_text, f_bg).
+  frozen: {'params': {biggan_gt, u2net}, 'spectral': {biggan_gt},
+           'batch_stats': all five}: never changes, kept so that a
+           checkpoint is the whole CGN.
+  """
+  step: jax.Array  # updates done
+  rng: jax.Array
+  params: Any
+  spectral: Any
+  frozen: Any
+  opt_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """The hashable, static part of a run: it keys the compiled update."""
+  model: imagenet_cgn.ImageNetCGN
+  vgg: vgg_lib.VGG16
+  lambdas: tuple  # sorted (name, value) pairs
+  truncation: float
+  batch_size: int
+  batch_acc: int
+  accumulate: str
+  per_sample: bool
+
+  @classmethod
+  def from_config(cls, config, model) -> "Static":
+    if config.accumulate not in ("sum", "mean"):
+      raise ValueError(f"accumulate must be 'sum' (upstream) or 'mean', got "
+                       f"{config.accumulate!r}")
+    if config.class_per not in ("batch", "sample"):
+      raise ValueError(f"class_per must be 'batch' (upstream) or 'sample', "
+                       f"got {config.class_per!r}")
+    lam = {k: (tuple(float(w) for w in v) if isinstance(v, (list, tuple))
+               else float(v)) for k, v in config.lambdas.items()}
+    return cls(model=model, vgg=vgg_lib.VGG16(dtype=model.dtype),
+               lambdas=tuple(sorted(lam.items())),
+               truncation=imagenet_cgn.check_truncation(config.truncation),
+               batch_size=int(config.batch_size),
+               batch_acc=int(config.batch_acc),
+               accumulate=config.accumulate,
+               per_sample=config.class_per == "sample")
+
+
+def create_model(config) -> imagenet_cgn.ImageNetCGN:
+  m = config.model
+  overrides = {"channel_width": m.channel_width} if m.channel_width else {}
+  return imagenet_cgn.from_config(
+      biggan_lib.get_config(m.biggan, **overrides), m.u2net_variant,
+      bn_interpolation=m.bn_interpolation, dtype=jnp.dtype(m.dtype),
+      remat=bool(m.remat))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(lrs: tuple, b1: float, b2: float, eps: float):
+  # Cached: the transform is a static field of the state, and an unequal
+  # one per run would retrace the compiled update on resume.
+  transforms = {g: optax.adam(lr, b1=b1, b2=b2, eps=eps)
+                for g, lr in zip(("shape", "texture", "bg"), lrs)}
+  return optax.multi_transform(transforms, _labels)
+
+
+def _labels(params):
+  return {k: jax.tree.map(lambda _, g=GROUPS[k]: g, v)
+          for k, v in params.items()}
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam per mechanism (SPEC §4.5: 8e-6 shape, 3e-5 texture, 1e-5 bg)."""
+  lr, a = config.lr, config.adam
+  return _optimizer((float(lr.shape), float(lr.texture), float(lr.bg)),
+                    float(a.b1), float(a.b2), float(a.eps))
+
+
+def state_from_variables(variables, tx, seed: int) -> TrainState:
+  """A fresh state from ImageNetCGN variables."""
+  params, frozen_params = imagenet_cgn.split_trainable(variables["params"])
+  spectral = {k: variables["spectral"][k] for k in imagenet_cgn.MECHANISMS}
+  frozen = {"params": frozen_params,
+            "spectral": {"biggan_gt": variables["spectral"]["biggan_gt"]},
+            "batch_stats": variables["batch_stats"]}
+  return TrainState(step=jnp.zeros((), jnp.int32),
+                    rng=jax.random.PRNGKey(seed), params=params,
+                    spectral=spectral, frozen=frozen,
+                    opt_state=tx.init(params), tx=tx)
+
+
+def variables_of(state: TrainState) -> dict:
+  """The full ImageNetCGN variables of a state."""
+  f = state.frozen
+  return {"params": {**state.params, **f["params"]},
+          "spectral": {**state.spectral, **f["spectral"]},
+          "batch_stats": f["batch_stats"]}
+
+
+# ------------------------------------------------------------------ update --
+
+
+def _micro_loss(params, spectral, state, u, y, key, vgg_variables, *,
+                s: Static):
+  """Total loss of one micro-batch; aux = (metrics, new spectral state)."""
+  variables = variables_of(state.replace(params=params, spectral=spectral))
+  out, new_spectral = imagenet_cgn.fused_forward(s.model, variables, u, y,
+                                                 s.truncation, train=True)
+  total, metrics = losses_lib.cgn_imagenet_losses(
+      out, s.vgg.apply, vgg_variables, dict(s.lambdas), rng=key)
+  return total, (dict(metrics, total=total), new_spectral)
+
+
+def train_update(state: TrainState, vgg_variables, *, s: Static,
+                 batch_sharding=None):
+  """One update: `batch_acc` micro-steps, then one Adam step. Pure; jit it.
+
+  Returns:
+    (new state, metrics averaged over the micro-steps).
+  """
+  keys = jax.random.split(jax.random.fold_in(state.rng, state.step),
+                          s.batch_acc)
+  grad_fn = jax.value_and_grad(functools.partial(_micro_loss, s=s),
+                               argnums=0, has_aux=True)
+
+  def micro(carry, key):
+    grads, spectral = carry
+    k_draw, k_loss = jax.random.split(key)
+    u, y = imagenet_cgn.training_draw(
+        k_draw, s.batch_size, s.truncation, per_sample=s.per_sample,
+        num_classes=s.model.num_classes, z_dim=s.model.z_dim)
+    if batch_sharding is not None:
+      u = jax.lax.with_sharding_constraint(u, batch_sharding)
+      y = jax.lax.with_sharding_constraint(y, batch_sharding)
+    (_, (metrics, spectral)), g = grad_fn(state.params, spectral, state, u,
+                                          y, k_loss, vgg_variables)
+    return (jax.tree.map(jnp.add, grads, g), spectral), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, spectral), metrics = jax.lax.scan(micro, (zeros, state.spectral),
+                                            keys)
+  if s.accumulate == "mean":
+    grads = jax.tree.map(lambda g: g / s.batch_acc, grads)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, updates),
+                            spectral=spectral, opt_state=opt_state)
+  return new_state, jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)),
+                                 metrics)
+
+
+def _leaf_sharding(x, mesh, shard: bool):
+  """Replicated, or (shard_params) the largest divisible axis over 'data'."""
+  n = mesh.shape["data"]
+  if shard and n > 1 and x.size >= _SHARD_MIN_SIZE:
+    axes = sorted(range(x.ndim), key=lambda a: -x.shape[a])
+    for a in axes:
+      if x.shape[a] % n == 0:
+        spec = [None] * x.ndim
+        spec[a] = "data"
+        return jax.sharding.NamedSharding(mesh, P(*spec))
+  return common.replicated(mesh)
+
+
+def state_sharding(state, mesh, shard_params: bool):
+  return jax.tree.map(lambda x: _leaf_sharding(x, mesh, shard_params), state)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_update(s: Static, mesh, sharding) -> Callable:
+  """The jitted update for one static configuration (cached)."""
+  key = (s, mesh, jax.tree_util.tree_structure(sharding),
+         tuple(x.spec for x in jax.tree.leaves(sharding)))
+  if key not in _COMPILED:
+    rep = common.replicated(mesh)
+    fn = functools.partial(train_update, s=s,
+                           batch_sharding=common.batch_sharding(mesh))
+    _COMPILED[key] = jax.jit(fn, in_shardings=(sharding, rep),
+                             out_shardings=(sharding, rep),
+                             donate_argnums=(0,))
+  return _COMPILED[key]
+
+
+# ----------------------------------------------------------------- weights --
+
+
+def _need_dir(spec: str, field: str, howto: str) -> str:
+  path = pathlib.Path(os.path.expanduser(spec)) if spec else None
+  if path is None or not path.is_dir():
+    raise FileNotFoundError(
+        f"{field}={spec!r} is not a directory of converted weights; {howto} "
+        f"and set --config.{field}=DIR (or 'random' for a smoke run)")
+  return str(path)
+
+
+_HOWTO = {
+    "cgn": "convert the authors' cgn.pth with `python -m converters "
+           "cgn-imagenet --input cgn.pth --output DIR`",
+    "biggan": "convert BigGAN-deep-256 with `python -m converters biggan "
+              "--input biggan-deep-256-pytorch_model.bin --config "
+              "biggan-deep-256 --output DIR`",
+    "u2net": "convert U²-Net with `python -m converters u2net --input "
+             "u2net.pth --output DIR`",
+    "vgg16": "convert torchvision's VGG16 with `python -m converters vgg16 "
+             "--input vgg16-397923af.pth --output DIR`",
+}
+
+
+def check_weight_paths(config, resuming: bool) -> None:
+  """Fails fast, before anything is built, on a missing weights directory.
+
+  A resumed run needs only VGG16 (the checkpoint holds the whole CGN).
+  """
+  w = config.weights
+  fields = ["vgg16"]
+  if not resuming:
+    fields += ["cgn"] if w.cgn else ["biggan", "u2net"]
+  for field in fields:
+    if w[field] not in ("random", "none") or field == "cgn":
+      _need_dir(w[field], f"weights.{field}", _HOWTO[field])
+
+
+def load_variables(config, model) -> dict:
+  """The CGN's initial variables from the configured weights (SPEC §4.1).
+
+  `weights.cgn` (a converted authors' cgn.pth) gives all five submodules;
+  otherwise all four BigGANs start from the one converted BigGAN in
+  `weights.biggan` (as upstream) and U²-Net from `weights.u2net`.
+  """
+  # Converted checkpoints are read with the converters' strict loaders.
+  from converters import biggan as biggan_convert  # pylint: disable=g-import-not-at-top
+  from converters import cgn_imagenet as cgn_convert  # pylint: disable=g-import-not-at-top
+  from converters import u2net as u2net_convert  # pylint: disable=g-import-not-at-top
+  w = config.weights
+  if w.cgn:
+    path = _need_dir(w.cgn, "weights.cgn", _HOWTO["cgn"])
+    found, variables = cgn_convert.load(path)
+    if found != model:
+      raise ValueError(
+          f"weights.cgn={w.cgn} holds a CGN with BigGAN channel_width "
+          f"{found.biggan_config['channel_width']} and {found.u2net_variant}; "
+          f"the config builds channel_width "
+          f"{model.biggan_config['channel_width']} and {model.u2net_variant}:"
+          " set --config.model.channel_width / model.u2net_variant to match")
+    return variables
+  gen = biggan_lib.BigGAN.from_config(model.biggan_config)
+  if w.biggan == "random":
+    bg = biggan_lib.random_variables(gen, config.seed)
+  else:
+    path = _need_dir(w.biggan, "weights.biggan", _HOWTO["biggan"])
+    found, bg = biggan_convert.load(path)
+    if found != model.biggan_config:
+      raise ValueError(f"weights.biggan={w.biggan} is a BigGAN of another "
+                       f"size (channel_width {found['channel_width']}) than "
+                       "model.biggan / model.channel_width")
+  if w.u2net == "random":
+    from cgn_jax.models import u2net as u2net_lib  # pylint: disable=g-import-not-at-top
+    u2 = u2net_lib.init_variables(config.seed, model.u2net_variant)
+  else:
+    path = _need_dir(w.u2net, "weights.u2net", _HOWTO["u2net"])
+    variant, u2 = u2net_convert.load(path)
+    if variant != model.u2net_variant:
+      raise ValueError(f"weights.u2net={w.u2net} is {variant}, the config "
+                       f"asks for model.u2net_variant={model.u2net_variant}")
+  return jax.tree.map(jnp.asarray, imagenet_cgn.assemble(bg, u2))
+
+
+@functools.lru_cache(maxsize=2)
+def load_vgg(spec: str):
+  """VGG16 {'params', 'frozen'} for the style losses; None for 'none'.
+
+  Cached: tests and benchmarks build several trainers per process.
+  """
+  from converters import vgg16 as vgg16_convert  # pylint: disable=g-import-not-at-top
+  if spec not in ("random", "none"):
+    spec = _need_dir(spec, "weights.vgg16", _HOWTO["vgg16"])
+  variables = vgg16_convert.load_vgg16(spec)
+  if variables is None:
+    return None
+  params = variables.get("params", variables)
+  return {"params": params, "frozen": vgg_lib.frozen_variables(params)}
+
+
+# ---------------------------------------------------------------- samples --
+
+
+@functools.lru_cache(maxsize=8)
+def _sheet_fn(model, truncation: float):
+  def sample(variables, u, labels):
+    return model.apply(variables, u, labels, truncation)  # eval mode
+  return jax.jit(sample)
+
+
+def save_sheet(path, state: TrainState, model, classes, u_fixed,
+               truncation: float) -> pathlib.Path:
+  """Upstream's class sheet: one row per class, SHEET_COLUMNS left to right.
+
+  The mask is shown as is ([0, 1]); each row's other five images are
+  min-max normalised together (torchvision make_grid(normalize=True)).
+  """
+  labels = jnp.asarray(classes, jnp.int32)
+  u = jnp.broadcast_to(u_fixed, (len(classes), u_fixed.shape[-1]))
+  out = jax.device_get(_sheet_fn(model, truncation)(variables_of(state), u,
+                                                    labels))
+  rows = []
+  for i in range(len(classes)):
+    imgs = np.stack([out[c][i] for c in SHEET_COLUMNS[1:]])
+    lo, hi = imgs.min(), imgs.max()
+    imgs = (imgs - lo) / max(hi - lo, 1e-8) * 2.0 - 1.0
+    mask = np.repeat(out["mask"][i], 3, axis=-1) * 2.0 - 1.0
+    rows.append(np.concatenate([mask[None], imgs]))
+  path = pathlib.Path(path)
+  common.save_image_grid(path, np.concatenate(rows), nrow=len(SHEET_COLUMNS))
+  return path
+
+
+# ----------------------------------------------------------------- driver --
+
+
+def _initial_state(config, model, tx, mesh, ckpt):
+  """Resume order: the workdir's checkpoint, else the configured weights."""
+  abstract = jax.eval_shape(
+      lambda: state_from_variables(
+          jax.tree.map(jnp.zeros_like,
+                       imagenet_cgn.abstract_variables(model)), tx, 0))
+  sharding = state_sharding(abstract, mesh, bool(config.shard_params))
+  if ckpt.latest_step() is not None:
+    target = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        abstract, sharding)
+    state, meta = ckpt.restore(target)
+    logging.info("resuming from update %d", int(meta["step"]))
+    return state, sharding, "checkpoint"
+  variables = load_variables(config, model)
+  state = state_from_variables(variables, tx, config.seed)
+  return jax.device_put(state, sharding), sharding, "weights"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains the ImageNet CGN of `config`, resuming from `workdir` if possible.
+
+  Writes WORKDIR/metrics.jsonl (every `log_every` updates: each loss, the
+  mean mask, images_per_second), WORKDIR/samples/sheet_UPDATE.png (at the
+  start, every `save_every` updates and at the end), WORKDIR/checkpoints/
+  (every `save_every`, at the end and on SIGTERM), WORKDIR/results.json.
+
+  Raises:
+    FileNotFoundError: a weights directory is missing (the message says how
+      to convert it).
+    ValueError: truncation outside (0, 1], or a bad config value.
+    common.NonFiniteLossError: a loss became NaN/Inf (the update is named).
+  """
+  # ---------------------------------------------------------------- setup
+  workdir = pathlib.Path(workdir)
+  model = create_model(config)
+  s = Static.from_config(config, model)  # checks truncation first
+  common.check_global_batch(s.batch_size)
+  ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  check_weight_paths(config, resuming=ckpt.latest_step() is not None)
+  vgg_variables = load_vgg(str(config.weights.vgg16))
+  mesh = common.make_mesh()
+  common.write_json(workdir / "config.json", config.to_dict())
+  tx = make_optimizer(config)
+
+  # ------------------------------------------------------ state / restore
+  state, sharding, origin = _initial_state(config, model, tx, mesh, ckpt)
+  if vgg_variables is not None:
+    vgg_variables = jax.device_put(vgg_variables, common.replicated(mesh))
+  update_fn = compiled_update(s, mesh, sharding)
+  step, num = int(state.step), int(config.num_updates)
+  sheet_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**6)
+  u_fixed = imagenet_cgn.sample_noise(sheet_key, 1, config.sheet_truncation,
+                                      model.z_dim)
+  writer = common.MetricWriter(workdir)
+  per_update = s.batch_size * s.batch_acc
+  logging.info("ImageNet CGN: %d of %d updates to go (%s), %d x %d samples "
+               "per update on %d devices", num - step, num, origin,
+               s.batch_size, s.batch_acc, jax.device_count())
+
+  def sheet(at):
+    save_sheet(workdir / "samples" / f"sheet_{at:07d}.png", state, model,
+               tuple(config.sheet_classes), u_fixed,
+               float(config.sheet_truncation))
+
+  if origin == "weights" and config.save_every > 0:
+    sheet(step)  # upstream also saves before the first update (i = 0)
+
+  # ----------------------------------------------------------------- loop
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=num, initial=step, unit="update", dynamic_ncols=True,
+             disable=not config.progress_bar)
+  start, last, first = time.time(), None, True
+  try:
+    with common.StopSignal() as stop:
+      while step < num:
+        t0 = time.time()
+        state, metrics = update_fn(state, vgg_variables)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step += 1
+        bar.update(1)
+        common.check_finite(step, metrics, ckpt.directory)
+        if first:  # includes compilation
+          metrics["first_update_s"], first = time.time() - t0, False
+        else:
+          metrics["images_per_second"] = per_update / (time.time() - t0)
+        last = metrics
+        done = step == num
+        if config.log_every and (step % config.log_every == 0 or done):
+          writer.write(step, metrics)
+          bar.set_postfix({k: f"{metrics[k]:.3g}" for k in
+                           ("total", "mask_mean") if k in metrics})
+        save_now = config.save_every and step % config.save_every == 0
+        if save_now or done:
+          sheet(step)
+        if save_now or done or stop.requested:
+          ckpt.save(step, state, meta={"model": "cgn_imagenet"})
+        if stop.requested:
+          logging.warning("stopped by signal at update %d (checkpoint "
+                          "saved)", step)
+          return state
+  finally:
+    bar.close()
+    ckpt.close()
+
+  # --------------------------------------------------------------- finish
+  common.write_json(workdir / "results.json", {
+      "step": step, "num_updates": num, "final_losses": last,
+      "wall_s": time.time() - start, "started_from": origin})
+  return state

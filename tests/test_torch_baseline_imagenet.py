@@ -1,0 +1,71 @@
+"""The PyTorch baseline of upstream's ImageNet iteration is upstream's iteration.
+
+benchmarks/torch_baseline_imagenet.py re-creates upstream's CGN and losses
+from pytorch-pretrained-biggan, u2net-fast and a hand-built VGG16. Loaded
+with the golden's `cgn_small.pth` and VGG16 formula weights, it must
+reproduce the golden's outputs and its six loss values (the texture windows
+injected), so the timed code is the code upstream runs.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.torch, pytest.mark.shared]
+
+torch = pytest.importorskip("torch")
+tbi = pytest.importorskip("benchmarks.torch_baseline_imagenet")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads():
+  n = torch.get_num_threads()
+  torch.set_num_threads(min(n, 2))
+  yield
+  torch.set_num_threads(n)
+
+
+def _perceptual(style, shared_dir):
+  spec = importlib.util.spec_from_file_location(
+      "formula_weights", shared_dir / "reference" / "formula_weights.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  loss = tbi.tb.PerceptualLoss(style_wgts=style)
+  shapes = [(k, tuple(v.shape)) for k, v in loss.m_feat.state_dict().items()]
+  loss.m_feat.load_state_dict({
+      k: torch.from_numpy(v) for k, v in mod.formula_weights(shapes,
+                                                             1602).items()})
+  return loss
+
+
+def test_reproduces_the_golden_iteration(shared_dir):
+  d = shared_dir / "reference" / "cgn_imagenet"
+  g = np.load(d / "golden.npz")
+  cgn = tbi.CGN(2, 1.0, channel_width=4, u2net_variant="U2NETP")
+  state = torch.load(d / "cgn_small.pth", map_location="cpu")
+  # The wrapper that returns only sigmoid(d0) holds U²-Net as `.net`.
+  cgn.load_state_dict({k.replace("u2net.", "u2net.net.", 1): v
+                       for k, v in state.items()})
+  cgn.train()
+  text = tbi.PercLossText(style_wgts=tbi.LAMBDA["TEXT"])
+  text.loss = _perceptual(tbi.LAMBDA["TEXT"], shared_dir)
+  perc = _perceptual(tbi.LAMBDA["PERC"], shared_dir)
+  y = torch.nn.functional.one_hot(torch.full((2,), int(g["y"])), 1000)
+  with torch.no_grad():
+    x_gt, mask, premask, fg, bg, bg_mask = cgn(
+        (torch.from_numpy(g["u"]), y.float(), 1.0))
+    x_gen = mask * fg + (1 - mask) * bg
+    for name, t in dict(x_gt=x_gt, mask=mask, premask=premask, foreground=fg,
+                        background=bg, background_mask=bg_mask,
+                        x_gen=x_gen).items():
+      np.testing.assert_allclose(t.numpy(), g[name], rtol=0, atol=1e-5,
+                                 err_msg=name)
+    losses = tbi.generator_losses(perc, text, x_gt, mask, fg, bg_mask, x_gen,
+                                  windows=g["texture_windows"])
+  for name, value in losses.items():
+    assert float(value) == pytest.approx(float(g[f"loss_{name}"]),
+                                         rel=1e-5), name
+  # Upstream's trainable tensors: 204 per mechanism.
+  assert sum(1 for p in cgn.parameters() if p.requires_grad) == 612
+
