@@ -40,7 +40,9 @@ pytestmark = [pytest.mark.torch, pytest.mark.shared]
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_baseline as tb  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cgn_jax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.models import cgn as cgn_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cgn_jax.models import discriminators  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.models import vgg16 as vgg_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.train import cgn_mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cgn_mnist_base  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -117,8 +119,10 @@ def random_draws(x_gt, y_gt, seed=7):
   return d
 
 
-def torch_iteration(config, cgn_sd, d_sd, vgg_sd, d):
+def torch_iteration(config, cgn_sd, d_sd, vgg_sd, d, dtype=None):
   """benchmarks/torch_baseline.py's upstream iteration on injected inputs.
+
+  `dtype` torch.float64 runs it in float64 (models, Adams and inputs).
 
   Returns:
     (outputs and losses as numpy, cgn state dict after, D state dict after).
@@ -136,12 +140,15 @@ def torch_iteration(config, cgn_sd, d_sd, vgg_sd, d):
   models["perc"].m_feat.load_state_dict({k: torch.as_tensor(v)
                                          for k, v in vgg_sd.items()})
   assert models["binary"].loss_weight == c["lambda_mask"]
+  dtype = dtype or torch.float32
+  for k in ("cgn", "disc", "perc"):
+    models[k].to(dtype)
   crops = tuple((torch.as_tensor(d[f"crop_{p}_h"]),
                  torch.as_tensor(d[f"crop_{p}_w"])) for p in ("fg", "bg"))
-  out = tb.cgn_iteration(models, torch.as_tensor(d["x_gt"]),
+  out = tb.cgn_iteration(models, torch.as_tensor(d["x_gt"]).to(dtype),
                          torch.as_tensor(d["y_gt"]),
                          torch.as_tensor(d["y_gen"]),
-                         u=torch.as_tensor(d["u"]), crops=crops)
+                         u=torch.as_tensor(d["u"]).to(dtype), crops=crops)
   out = {k: v.detach().numpy() for k, v in out.items()}
   # The gradients of the step stay in .grad (upstream zeroes them first).
   for prefix, m in (("grad_g.", models["cgn"]), ("grad_d.", models["disc"])):
@@ -200,14 +207,50 @@ def _keep_gradients() -> optax.GradientTransformation:
       lambda updates, state, params=None: (updates, updates))
 
 
-def jax_step(config, cgn_sd, d_sd, vgg_sd, d, monkeypatch):
+class _Float64Numpy:
+  """`jax.numpy` in which `float32` is `float64`."""
+
+  def __getattr__(self, name):
+    return jnp.float64 if name == "float32" else getattr(jnp, name)
+
+
+def _as_float64(tree):
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64)
+                      if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def use_float64(models, monkeypatch):
+  """The same step traced in float64 throughout (call under enable_x64).
+
+  The library computes in float32 on purpose: the modules take a compute
+  `dtype`, and a few spots cast to float32 explicitly (instance norm,
+  BatchNorm statistics, loss inputs, metrics). For this check those casts
+  read a `jnp` whose float32 is float64, the modules get dtype float64, and
+  VGG16 runs its direct convolutions (the Winograd kernels are float32 by
+  construction; test_winograd and test_vgg16 check that path).
+  """
+  for mod in (cgn_lib, cgn_lib.batchnorm, discriminators, losses, vgg_lib,
+              cgn_mnist):
+    monkeypatch.setattr(mod, "jnp", _Float64Numpy())
+  return dataclasses.replace(
+      models, cgn=models.cgn.clone(dtype=jnp.float64),
+      disc=models.disc.clone(dtype=jnp.float64),
+      vgg=vgg_lib.VGG16(dtype=jnp.float64))
+
+
+def jax_step(config, cgn_sd, d_sd, vgg_sd, d, monkeypatch, x64=False):
   """The project's `train_step` on injected inputs.
+
+  `x64`: in float64 (`use_float64`; call it under `jax.enable_x64()`).
 
   Returns:
     (metrics, new train state).
   """
   cfg = cgn_mnist_base.get_config(config)
   models = cgn_mnist.create_models(cfg)
+  cast = _as_float64 if x64 else lambda t: t
+  if x64:
+    models = use_float64(models, monkeypatch)
   if hasattr(models.disc, "dropout_rate"):  # the goldens ran p = 0
     models = dataclasses.replace(models, disc=models.disc.clone(
         dropout_rate=0.0))
@@ -217,8 +260,9 @@ def jax_step(config, cgn_sd, d_sd, vgg_sd, d, monkeypatch):
   d_vars = disc_variables(d_sd, cfg.disc.type)
   vgg_params = vgg_convert.convert(
       {f"features.{k}": v for k, v in vgg_sd.items()})["params"]
-  vgg_variables = {"params": vgg_params,
-                   "frozen": vgg_lib.frozen_variables(vgg_params)}
+  g_vars, d_vars, vgg_params = cast((g_vars, d_vars, vgg_params))
+  vgg_variables = {"params": vgg_params, "frozen": vgg_lib.frozen_variables(
+      vgg_params, winograd_convs=False if x64 else None)}
   # The trainer's Adam, behind a transform that keeps the raw gradients in
   # its state, so the test sees them without changing the step.
   tx = optax.chain(_keep_gradients(), cgn_mnist.make_optimizer(cfg))
@@ -244,7 +288,7 @@ def jax_step(config, cgn_sd, d_sd, vgg_sd, d, monkeypatch):
   def fake_normal(key, shape=(), *args, **kwargs):
     if tuple(shape) == (b, cfg.model.latent_sz):
       used["u"] += 1
-      return jnp.asarray(d["u"])
+      return cast(jnp.asarray(d["u"]))
     return normal(key, shape, *args, **kwargs)
 
   def fake_offsets(rng, batch, size):
@@ -257,7 +301,7 @@ def jax_step(config, cgn_sd, d_sd, vgg_sd, d, monkeypatch):
   monkeypatch.setattr(jax.random, "normal", fake_normal)
   monkeypatch.setattr(cgn_lib, "shuffle_offsets", fake_offsets)
   batch = {"label": jnp.asarray(d["y_gt"], jnp.int32),
-           "image": jnp.asarray(d["x_gt"].transpose(0, 2, 3, 1))}
+           "image": cast(jnp.asarray(d["x_gt"].transpose(0, 2, 3, 1)))}
   step = jax.jit(lambda s, bt, v: cgn_mnist.train_step(
       s, bt, v, models=models, lc=lc, render=lambda x, rng: x["image"]))
   new_state, metrics = step(state, batch, vgg_variables)
@@ -404,8 +448,9 @@ def check_step(config, cgn_before, d_before, cgn_after, d_after, ref,
                "G params")
   assert_moved(disc_variables(d_before, kind)["params"], d_want["params"],
                "D params")
-  check_known(config, {"gradients": grad_err, "params": param_err,
-                       "bn_stats": stats_err})
+  assert_close(grad_err, f"{config} gradients")
+  assert_close(param_err, f"{config} updated parameters")
+  assert_close(stats_err, f"{config} BatchNorm running statistics")
 
 
 # ----------------------------------------------------------------- tests --
@@ -456,78 +501,60 @@ def test_torch_recreation_matches_upstream_golden(config, shared_dir,
       np.testing.assert_array_equal(got, v)
 
 
-# Known mismatches, measured (max over tensors, relative): the JAX step's
-# gradients differ from upstream's by 8e-5 (double_colored, f_shape
-# layers_0), 4.6e-3 (wildlife, f_text2 layers_0) and 2.5e-3 (colored,
-# f_text1 layers_0); for wildlife this flips Adam's sign on non-negligible
-# gradients (updated weights 2.9e-3 off; colored 2.0e-5, its BatchNorm
-# statistics 1.4e-5). Losses agree to 7.4e-6 in all three.
-# Diagnosed for wildlife: DiscConv's input gradient differs in one sample
-# only (9), in the 5x5 input patch under one block-2 unit, whose
-# pre-activation (BatchNorm output, channel 46 at (25, 21)) is the batch's
-# smallest: -1.9e-6 in torch (float32 and float64 agree), +7.3e-7 in JAX.
-# float32 rounding puts it on the other side of the LeakyReLU kink, so
-# its slope is 0.2 on one side and 1 on the other; no float32 port with a
-# different summation order can be held to 1e-5 there. double_colored:
-# f_shape's gradients are ill-conditioned in float32 (mostly saturated
-# mask clamp, three InstanceNorms): torch float32 itself is 4.8e-5 away
-# from torch float64 there (no clamp or LeakyReLU branch differs). The
-# colored case is presumably a kink like wildlife's but is not yet
-# localised. Each entry xfails while the mismatch lasts and fails once it
-# is gone.
-KNOWN_MISMATCH = {"gradients": {"double_colored", "wildlife", "colored"},
-                  "params": {"wildlife", "colored"},
-                  "bn_stats": {"colored"}}
 
 
-def check_known(config, errors):
-  """Asserts each {what: {tensor: error}} to TOL, xfailing known cases."""
-  known_failures = []
-  for what, errs in errors.items():
-    worst = max(errs, key=errs.get)
-    ok = errs[worst] <= TOL
-    if config in KNOWN_MISMATCH[what]:
-      if ok:
-        pytest.fail(f"{config} {what} now match to {TOL}: drop the entry "
-                    "from KNOWN_MISMATCH")
-      known_failures.append(f"{what} {worst} {errs[worst]:.1e}")
-    else:
-      assert ok, (config, what, worst, errs[worst])
-  if known_failures:
-    pytest.xfail(f"known mismatch: {config}: " + "; ".join(known_failures))
+def start(shared_dir, config):
+  """(G and D state dicts before the step, injected draws) of a config.
 
-
-@pytest.mark.parametrize("config", sorted(GOLDEN))
-def test_jax_step_matches_upstream_golden(config, shared_dir, vgg_state_dict,
-                                          monkeypatch):
-  """Losses and updated weights vs the golden; gradients vs torch_baseline
-  (which the test above ties to the golden)."""
-  w, arrays, ref, _, _ = golden_case(shared_dir, config, vgg_state_dict)
-  metrics, state = jax_step(config, w["cgn_before"], w["d_before"],
-                            vgg_state_dict, draws(arrays), monkeypatch)
-  ref = dict(ref, **{k: arrays[k] for k in LOSS_NAMES})
-  check_step(config, w["cgn_before"], w["d_before"], w["cgn_after"],
-             w["d_after"], ref, metrics, state)
-
-
-def test_jax_step_matches_torch_recreation_colored(shared_dir,
-                                                   vgg_state_dict,
-                                                   monkeypatch):
-  """Colored MNIST: upstream init (torch seeds 0 and 1, as the goldens),
-  the double_colored golden's real batch, fresh draws."""
-  config = "colored"
+  double_colored and wildlife: their goldens' weights, batch and draws.
+  Colored (no golden): upstream init (torch seeds 0 and 1, as the goldens),
+  the double_colored golden's real batch, fresh draws.
+  """
+  if config in GOLDEN:
+    weights, arrays = load_golden(shared_dir, config)
+    return ({n: v.numpy() for n, v in weights["cgn_before"].items()},
+            {n: v.numpy() for n, v in weights["d_before"].items()},
+            draws(arrays))
   c = tb.CONFIGS[config]
   torch.manual_seed(0)
   cgn = tb.CGN(init_type=c["init_type"], init_gain=c["init_gain"])
   torch.manual_seed(1)
   disc = tb.DiscLin(n_classes=10, ndf=c["ndf"])
-  cgn_before = {k: v.numpy().copy() for k, v in cgn.state_dict().items()}
-  d_before = {k: v.numpy().copy() for k, v in disc.state_dict().items()}
   _, arrays = load_golden(shared_dir, "double_colored")
-  d = random_draws(arrays["x_gt"], arrays["y_gt"])
-  ref, cgn_after, d_after = torch_iteration(config, cgn_before, d_before,
-                                            vgg_state_dict, d)
-  metrics, state = jax_step(config, cgn_before, d_before, vgg_state_dict, d,
-                            monkeypatch)
+  return ({k: v.numpy().copy() for k, v in cgn.state_dict().items()},
+          {k: v.numpy().copy() for k, v in disc.state_dict().items()},
+          random_draws(arrays["x_gt"], arrays["y_gt"]))
+
+
+@pytest.mark.parametrize("config", sorted(tb.CONFIGS))
+def test_jax_step_float32_losses(config, shared_dir, vgg_state_dict,
+                                 monkeypatch):
+  """The float32 step as trained (Winograd VGG16 on CPU): its seven losses
+  vs the golden (colored: vs torch_baseline's float32 iteration)."""
+  cgn_before, d_before, d = start(shared_dir, config)
+  if config in GOLDEN:
+    ref = load_golden(shared_dir, config)[1]
+  else:
+    ref = torch_iteration(config, cgn_before, d_before, vgg_state_dict, d)[0]
+  metrics, _ = jax_step(config, cgn_before, d_before, vgg_state_dict, d,
+                        monkeypatch)
+  errors = compare_losses(metrics, ref)
+  print(config, "float32 losses", max(errors.values()))
+  assert_close(errors, f"{config} float32 losses")
+
+
+@pytest.mark.parametrize("config", sorted(tb.CONFIGS))
+def test_jax_step_matches_torch_float64(config, shared_dir, vgg_state_dict,
+                                        monkeypatch):
+  """Both sides in float64: losses, every gradient, every updated parameter
+  and the BatchNorm statistics vs torch_baseline's iteration in float64."""
+  cgn_before, d_before, d = start(shared_dir, config)
+  ref, cgn_after, d_after = torch_iteration(
+      config, cgn_before, d_before, vgg_state_dict, d, torch.float64)
+  with jax.enable_x64(True):
+    metrics, state = jax_step(config, cgn_before, d_before, vgg_state_dict,
+                              d, monkeypatch, x64=True)
+  assert all(x.dtype == np.float64 for x in jax.tree.leaves(
+      (state.g_opt_state[0], state.d_opt_state[0])))
   check_step(config, cgn_before, d_before, cgn_after, d_after, ref, metrics,
              state)
