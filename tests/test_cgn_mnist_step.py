@@ -2,22 +2,48 @@
 
 For each of the three configs, the JAX `train_step` and upstream's
 `fit()` iteration start from the same weights and see the same real batch,
-generated labels `y_gen`, noise `u` and patch-shuffler crop offsets. Checked
-to `TOL` relative (max-abs error / max-abs value, per tensor): the seven
-losses, the gradients of every G and D parameter (against torch_baseline's,
-which keeps them), every updated parameter (where Adam's sign is decided,
-see `compare_updated`) and the BatchNorm running statistics (G, DiscConv).
-Where float32 rounding flips a LeakyReLU branch the gradients cannot agree
-to 1e-5; those cases are listed in `KNOWN_MISMATCH` (strict xfails). The
-JAX gradients are read without changing the step: the trainer's Adam runs
-behind a transform that keeps them in its optimizer state.
+generated labels `y_gen`, noise `u` and patch-shuffler crop offsets.
 
-References: double_colored (DiscLin) and wildlife (DiscConv) against the
-goldens made by the upstream code itself (../shared/reference/mnist_step,
-DiscLin's dropout at p = 0, VGG16 formula weights seed 1602). Colored has
-no golden; its reference is benchmarks/torch_baseline.py's re-creation of
-upstream's loop (`cgn_iteration`), which is first checked against both
-goldens here, so the re-creation itself is proven.
+The step runs twice. In float32, as trained (Winograd VGG16 on CPU), its
+seven losses must match upstream's to `TOL` (1e-5 relative). Then both
+sides run in float64 (torch: models, Adams and inputs `.to(float64)`; JAX:
+`use_float64`), and everything must match to `F64_TOL` (relative, max-abs
+error / max-abs value, per tensor): the seven losses, the gradients of
+every G and D parameter (torch_baseline keeps them; the JAX step keeps
+them in its optimizer state, behind a pass-through transform), every
+updated parameter (where Adam's sign is decided, see `compare_updated`)
+and the BatchNorm running statistics (G, DiscConv). Measured: <= 3e-13
+for all three configs.
+
+Why float64 for the gradients: in float32 no two implementations with
+different summation orders can be held to 1e-5 there, because a few
+pre-activations sit within float32 rounding of a kink, and because
+f_shape's gradients are ill-conditioned. Diagnosed, per config (torch
+float32 / torch float64 / JAX float32 gradients):
+- colored: torch float32 is the outlier (2.5e-3 from torch float64 in
+  f_text1's layers 0, 3, 7; JAX float32 is within 2.9e-5 of float64).
+  f_text1's second LeakyReLU (torch index 9, after the BatchNorm of the
+  second upsampling block) gets the pre-activation +2.23e-7 in torch
+  float32 and -4.26e-7 in float64 at sample 14, channel 28, pixel
+  (8, 24): slope 1 instead of 0.2 for that unit. (Also one VGG16 relu3_1
+  unit on x_gen, sample 11, channel 244, pixel (6, 5): -1.2e-7 vs
+  +3.5e-8.)
+- wildlife: JAX float32 is the outlier (4.6e-3): one DiscConv block-2
+  pre-activation (sample 9, channel 46 at (25, 21)) is -1.9e-6 in torch
+  (float32 and float64) and +7.3e-7 in JAX float32.
+- double_colored: no branch flips; f_shape's gradients (a mostly
+  saturated mask clamp, three InstanceNorms) differ by 4.8e-5 between
+  torch float32 and float64 themselves (JAX float32: 8e-5).
+
+References: double_colored (DiscLin) and wildlife (DiscConv) losses
+against the goldens made by the upstream code itself
+(../shared/reference/mnist_step, DiscLin's dropout at p = 0, VGG16 formula
+weights seed 1602). Everything else against benchmarks/torch_baseline.py's
+re-creation of upstream's loop (`cgn_iteration`), which is first checked
+against both goldens in float32 here (outputs, losses, updated parameters,
+BatchNorm statistics), so the re-creation itself is proven. Colored has
+no golden: its float32 losses are checked against the re-creation's
+float64 losses.
 
 The JAX step draws its randomness itself; the test injects the draws by
 replacing, while the step is traced, `jax.random.randint` for y_gen (shape
@@ -26,6 +52,7 @@ replacing, while the step is traced, `jax.random.randint` for y_gen (shape
 background, as the model calls it), and checks each was used exactly once.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 
@@ -42,6 +69,7 @@ torch = pytest.importorskip("torch")
 from benchmarks import torch_baseline as tb  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.models import cgn as cgn_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cgn_jax.models import cgn_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.models import discriminators  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.models import vgg16 as vgg_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cgn_jax.train import cgn_mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -51,6 +79,8 @@ from converters import vgg16 as vgg_convert  # pylint: disable=g-import-not-at-t
 
 TOL = 1e-5
 NOISE = 1e-3  # see compare_updated
+F64_TOL = 1e-10  # both sides in float64 (measured: <= 3e-13)
+F64_NOISE = 1e-9  # float64 gradients agree to 1e-13 of their maximum
 GRAD_FLOOR = 1e-6
 GRAD_SCALE = 0.1
 MAX_LEFT_OUT = 0.05  # of the updated parameters (measured: <= 2 %)
@@ -208,10 +238,21 @@ def _keep_gradients() -> optax.GradientTransformation:
 
 
 class _Float64Numpy:
-  """`jax.numpy` in which `float32` is `float64`."""
+  """`jax.numpy` (or `numpy`) in which `float32` is `float64`."""
+
+  def __init__(self, module=jnp):
+    self._module = module
 
   def __getattr__(self, name):
-    return jnp.float64 if name == "float32" else getattr(jnp, name)
+    if name == "float32":
+      return self._module.float64
+    return getattr(self._module, name)
+
+
+def float64_converter(monkeypatch):
+  """The CGN converter keeps float64 state dicts float64 (it casts to
+  float32 otherwise)."""
+  monkeypatch.setattr(cgn_weights, "np", _Float64Numpy(np))
 
 
 def _as_float64(tree):
@@ -251,6 +292,7 @@ def jax_step(config, cgn_sd, d_sd, vgg_sd, d, monkeypatch, x64=False):
   cast = _as_float64 if x64 else lambda t: t
   if x64:
     models = use_float64(models, monkeypatch)
+    float64_converter(monkeypatch)
   if hasattr(models.disc, "dropout_rate"):  # the goldens ran p = 0
     models = dataclasses.replace(models, disc=models.disc.clone(
         dropout_rate=0.0))
@@ -328,9 +370,9 @@ def compare_trees(got, want):
           for p, v in flat_want.items()}
 
 
-def assert_close(errors, what):
+def assert_close(errors, what, tol=TOL):
   worst = max(errors, key=errors.get)
-  assert errors[worst] <= TOL, (what, worst, errors[worst])
+  assert errors[worst] <= tol, (what, worst, errors[worst])
 
 
 def assert_moved(before, after, what):
@@ -350,7 +392,7 @@ def grad_trees(ref, cgn_before, kind):
   return (cgn_variables(g)["params"], disc_variables(d, kind)["params"])
 
 
-def compare_updated(got, want, grads):
+def compare_updated(got, want, grads, noise=NOISE):
   """{path: relative error} of updated parameters where Adam is determined.
 
   Adam's first step moves each parameter by lr·g/(|g| + 1e-8), i.e. by
@@ -371,7 +413,7 @@ def compare_updated(got, want, grads):
   errors, skipped = {}, 0
   for path, w in want.items():
     g = np.abs(np.asarray(grads[path]))
-    keep = (g > max(NOISE * g.max(), GRAD_FLOOR)) | (g == 0)
+    keep = (g > max(noise * g.max(), GRAD_FLOOR)) | (g == 0)
     skipped += int(keep.size - keep.sum())
     if keep.any():
       diff = np.abs(np.asarray(got[path], np.float64) - w)[keep]
@@ -405,7 +447,7 @@ def compare_grads(got, want):
 
 
 def check_step(config, cgn_before, d_before, cgn_after, d_after, ref,
-               metrics, state):
+               metrics, state, tol=TOL, noise=NOISE):
   """Asserts the JAX step's results against a reference iteration.
 
   Args:
@@ -427,9 +469,9 @@ def check_step(config, cgn_before, d_before, cgn_after, d_after, ref,
                    compare_grads(state.d_opt_state[0], d_grads).items()})
   g_want, d_want = cgn_variables(cgn_after), disc_variables(d_after, kind)
   param_err, n_skip_g = compare_updated(state.g_params, g_want["params"],
-                                        g_grads)
+                                        g_grads, noise)
   d_err, n_skip_d = compare_updated(state.d_params, d_want["params"],
-                                    d_grads)
+                                    d_grads, noise)
   param_err.update({"D" + k: v for k, v in d_err.items()})
   stats_err = compare_trees(state.g_batch_stats, g_want["batch_stats"])
   if kind == "conv":  # DiscConv's BN running stats after its 3 forwards
@@ -437,20 +479,20 @@ def check_step(config, cgn_before, d_before, cgn_after, d_after, ref,
         state.d_batch_stats, d_want["batch_stats"]).items()})
   n_params = sum(x.size for x in jax.tree.leaves((g_want["params"],
                                                   d_want["params"])))
-  worst = {"losses": max(loss_err.values()), "grads": max(grad_err.values()),
-           "params": max(param_err.values()),
-           "bn_stats": max(stats_err.values()),
+  top = lambda e: (max(e, key=e.get), f"{max(e.values()):.1e}")
+  worst = {"losses": top(loss_err), "grads": top(grad_err),
+           "params": top(param_err), "bn_stats": top(stats_err),
            "left_out": (n_skip_g + n_skip_d, n_params)}
   print(config, worst)
-  assert_close(loss_err, f"{config} losses")
+  assert_close(loss_err, f"{config} losses", tol)
   assert n_skip_g + n_skip_d <= MAX_LEFT_OUT * n_params, worst["left_out"]
   assert_moved(cgn_variables(cgn_before)["params"], g_want["params"],
                "G params")
   assert_moved(disc_variables(d_before, kind)["params"], d_want["params"],
                "D params")
-  assert_close(grad_err, f"{config} gradients")
-  assert_close(param_err, f"{config} updated parameters")
-  assert_close(stats_err, f"{config} BatchNorm running statistics")
+  assert_close(grad_err, f"{config} gradients", tol)
+  assert_close(param_err, f"{config} updated parameters", tol)
+  assert_close(stats_err, f"{config} BatchNorm running statistics", tol)
 
 
 # ----------------------------------------------------------------- tests --
@@ -503,6 +545,17 @@ def test_torch_recreation_matches_upstream_golden(config, shared_dir,
 
 
 
+@contextlib.contextmanager
+def _without_optimizations():
+  flag = "jax_disable_most_optimizations"
+  old = jax.config.read(flag)
+  jax.config.update(flag, True)
+  try:
+    yield
+  finally:
+    jax.config.update(flag, old)
+
+
 def start(shared_dir, config):
   """(G and D state dicts before the step, injected draws) of a config.
 
@@ -527,34 +580,34 @@ def start(shared_dir, config):
 
 
 @pytest.mark.parametrize("config", sorted(tb.CONFIGS))
-def test_jax_step_float32_losses(config, shared_dir, vgg_state_dict,
-                                 monkeypatch):
-  """The float32 step as trained (Winograd VGG16 on CPU): its seven losses
-  vs the golden (colored: vs torch_baseline's float32 iteration)."""
-  cgn_before, d_before, d = start(shared_dir, config)
-  if config in GOLDEN:
-    ref = load_golden(shared_dir, config)[1]
-  else:
-    ref = torch_iteration(config, cgn_before, d_before, vgg_state_dict, d)[0]
-  metrics, _ = jax_step(config, cgn_before, d_before, vgg_state_dict, d,
-                        monkeypatch)
-  errors = compare_losses(metrics, ref)
-  print(config, "float32 losses", max(errors.values()))
-  assert_close(errors, f"{config} float32 losses")
+def test_jax_step_matches_upstream(config, shared_dir, vgg_state_dict,
+                                   monkeypatch):
+  """The step in float32 as trained, then both sides in float64.
 
-
-@pytest.mark.parametrize("config", sorted(tb.CONFIGS))
-def test_jax_step_matches_torch_float64(config, shared_dir, vgg_state_dict,
-                                        monkeypatch):
-  """Both sides in float64: losses, every gradient, every updated parameter
-  and the BatchNorm statistics vs torch_baseline's iteration in float64."""
+  float32 (Winograd VGG16 on CPU): the seven losses vs the golden
+  (colored: vs torch_baseline's iteration, in float64) to TOL.
+  float64: losses, every gradient, every updated parameter and the
+  BatchNorm statistics vs torch_baseline's iteration in float64, to
+  F64_TOL.
+  """
   cgn_before, d_before, d = start(shared_dir, config)
   ref, cgn_after, d_after = torch_iteration(
       config, cgn_before, d_before, vgg_state_dict, d, torch.float64)
-  with jax.enable_x64(True):
+
+  metrics, _ = jax_step(config, cgn_before, d_before, vgg_state_dict, d,
+                        monkeypatch)
+  want = load_golden(shared_dir, config)[1] if config in GOLDEN else ref
+  errors = compare_losses(metrics, want)
+  print(config, "float32 losses", max(errors.values()))
+  assert_close(errors, f"{config} float32 losses")
+
+  # XLA's optimisation passes dominate the compile time and change
+  # nothing at F64_TOL (in float32 they move loss_g_binary by 4e-5).
+  with jax.enable_x64(True), _without_optimizations():
     metrics, state = jax_step(config, cgn_before, d_before, vgg_state_dict,
                               d, monkeypatch, x64=True)
-  assert all(x.dtype == np.float64 for x in jax.tree.leaves(
-      (state.g_opt_state[0], state.d_opt_state[0])))
-  check_step(config, cgn_before, d_before, cgn_after, d_after, ref, metrics,
-             state)
+    assert all(x.dtype == np.float64 for x in jax.tree.leaves(
+        (state.g_opt_state[0], state.d_opt_state[0])))
+    float64_converter(monkeypatch)
+    check_step(config, cgn_before, d_before, cgn_after, d_after, ref,
+               metrics, state, tol=F64_TOL, noise=F64_NOISE)
