@@ -12,8 +12,8 @@ error / max-abs value, per tensor): the seven losses, the gradients of
 every G and D parameter (torch_baseline keeps them; the JAX step keeps
 them in its optimizer state, behind a pass-through transform), every
 updated parameter (where Adam's sign is decided, see `compare_updated`)
-and the BatchNorm running statistics (G, DiscConv). Measured: <= 3e-13
-for all three configs.
+and the BatchNorm running statistics (G, DiscConv), on the first
+`F64_BATCH` samples. Measured: <= 2e-12 for all three configs.
 
 Why float64 for the gradients: in float32 no two implementations with
 different summation orders can be held to 1e-5 there, because a few
@@ -79,7 +79,8 @@ from converters import vgg16 as vgg_convert  # pylint: disable=g-import-not-at-t
 
 TOL = 1e-5
 NOISE = 1e-3  # see compare_updated
-F64_TOL = 1e-10  # both sides in float64 (measured: <= 3e-13)
+F64_TOL = 1e-10  # both sides in float64 (measured: <= 2e-12)
+F64_BATCH = 4
 F64_NOISE = 1e-9  # float64 gradients agree to 1e-13 of their maximum
 GRAD_FLOOR = 1e-6
 GRAD_SCALE = 0.1
@@ -591,15 +592,23 @@ def test_jax_step_matches_upstream(config, shared_dir, vgg_state_dict,
   F64_TOL.
   """
   cgn_before, d_before, d = start(shared_dir, config)
-  ref, cgn_after, d_after = torch_iteration(
-      config, cgn_before, d_before, vgg_state_dict, d, torch.float64)
-
   metrics, _ = jax_step(config, cgn_before, d_before, vgg_state_dict, d,
                         monkeypatch)
-  want = load_golden(shared_dir, config)[1] if config in GOLDEN else ref
+  if config in GOLDEN:
+    want = load_golden(shared_dir, config)[1]
+  else:
+    want = torch_iteration(config, cgn_before, d_before, vgg_state_dict, d,
+                           torch.float64)[0]
   errors = compare_losses(metrics, want)
   print(config, "float32 losses", max(errors.values()))
   assert_close(errors, f"{config} float32 losses")
+
+  # float64 on the first F64_BATCH samples: float64 convolutions are slow
+  # on CPU, and the comparison needs no golden (train-mode BatchNorm and
+  # the losses still see a batch).
+  d = {k: v[:F64_BATCH] for k, v in d.items()}
+  ref, cgn_after, d_after = torch_iteration(
+      config, cgn_before, d_before, vgg_state_dict, d, torch.float64)
 
   # XLA's optimisation passes dominate the compile time and change
   # nothing at F64_TOL (in float32 they move loss_g_binary by 4e-5).
