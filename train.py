@@ -15,6 +15,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cgn_jax import distributed
+
 TRAINERS = {
     "cgn_mnist": "cgn_jax.train.cgn_mnist",
     "classifier_mnist": "cgn_jax.train.classifier_mnist",
@@ -25,11 +27,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint dir.")
 flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize_from_flags()
   config = _CONFIG.value
   if config.trainer not in TRAINERS:
     raise ValueError(f"unknown trainer {config.trainer!r}; "

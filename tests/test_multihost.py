@@ -7,12 +7,15 @@ and the partitioned program are the same and only the transport of the
 all-reduce differs: results must agree bitwise (within 1e-6 where noted).
 """
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -23,6 +26,8 @@ from cgn_jax import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
+_CACHE_DIR = pathlib.Path(tempfile.mkdtemp(prefix="cgn_multihost_jit_"))
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -33,6 +38,10 @@ def free_port() -> int:
 
 def child_env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu",
+             # Reruns of one topology (a restart) reuse compiled programs.
+             JAX_COMPILATION_CACHE_DIR=str(_CACHE_DIR),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_DISABLE_MOST_OPTIMIZATIONS="1",
              PYTHONPATH=os.pathsep.join(
@@ -43,6 +52,11 @@ def child_env(devices: int) -> dict:
                "JAX_PROCESS_ID", "CGN_DISTRIBUTED"):
     env.pop(name, None)
   return env
+
+
+def _children_cpu_s() -> float:
+  t = os.times()
+  return t.children_user + t.children_system
 
 
 def launch(argv: list[str], processes: int, devices: int,
@@ -63,13 +77,16 @@ def launch(argv: list[str], processes: int, devices: int,
     procs.append(subprocess.Popen(
         [sys.executable, *argv, *extra], cwd=ROOT, env=child_env(devices),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  deadline = time.time() + timeout
+  start, cpu0 = time.time(), _children_cpu_s()
+  deadline = start + timeout
   results = []
   try:
     for p in procs:
       out, err = p.communicate(timeout=max(deadline - time.time(), 1))
       results.append(subprocess.CompletedProcess(p.args, p.returncode, out,
                                                  err))
+    print(f"{processes} x {devices} devices: {time.time() - start:.1f} s "
+          f"wall, {_children_cpu_s() - cpu0:.1f} s CPU: {argv[-1]}")
   finally:
     for p in procs:
       if p.poll() is None:
@@ -80,7 +97,8 @@ def launch(argv: list[str], processes: int, devices: int,
 
 def check_ok(results) -> None:
   for i, r in enumerate(results):
-    assert r.returncode == 0, (f"process {i} exited {r.returncode}:\n"
+    assert r.returncode == 0, (f"process {i} of {r.args[2:]} exited "
+                               f"{r.returncode}:\n"
                                f"{r.stderr[-4000:]}")
 
 
@@ -213,12 +231,75 @@ def test_initialize_detects_slurm_and_explicit_settings(monkeypatch):
   assert "local_device_ids" not in calls[-1]
 
 
+def test_resume_with_another_process_count_says_so(tmp_path):
+  from cgn_jax.train import common  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "checkpoints" / "4" / "data"
+  data.mkdir(parents=True)
+  common.check_process_count(data)  # no iterator state: nothing to check
+  for i in range(2):
+    (data / f"process_{i}-of-2.json").write_text("{}")
+  with pytest.raises(ValueError, match="written by 2 processes but this run "
+                     "has 1: resume it with the same number"):
+    common.check_process_count(data)
+
+
 def test_process_rows_split_the_global_batch():
   assert distributed.process_rows(8, 0, 2) == slice(0, 4)
   assert distributed.process_rows(8, 1, 2) == slice(4, 8)
   assert distributed.process_rows(8) == slice(0, 8)
   with pytest.raises(ValueError, match="not divisible by the 3 processes"):
     distributed.process_rows(8, 0, 3)
+
+
+# ----------------------------------------------------- no example twice --
+
+
+def _epoch_rows(batches, steps):
+  return [np.asarray(next(batches)["label"]) for _ in range(steps)]
+
+
+def test_cgn_pipeline_reads_each_example_once_per_epoch():
+  from cgn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  n, batch, steps = 40, 8, 5  # one epoch
+  inputs = np.zeros((n, 28, 28), np.uint8)
+  labels = np.arange(n)  # the label is the example's index
+  one = _epoch_rows(iter(pipeline.make_dataset(inputs, labels, batch, 3,
+                                               process_index=0,
+                                               process_count=1)), steps)
+  parts = [_epoch_rows(iter(pipeline.make_dataset(
+      inputs, labels, batch, 3, process_index=p, process_count=2)), steps)
+           for p in (0, 1)]
+  for step in range(steps):  # process 0's rows, then process 1's
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][step], parts[1][step]]), one[step])
+  seen = np.concatenate(parts[0] + parts[1])
+  assert sorted(seen.tolist()) == list(range(n))
+
+
+def test_classifier_iterator_reads_each_example_once_per_epoch():
+  from cgn_jax.train import classifier_mnist  # pylint: disable=g-import-not-at-top
+
+  class Source:
+    def __len__(self):
+      return 44  # 5 batches of 8, 4 dropped
+
+    def gather(self, idx):
+      idx = np.asarray(idx)
+      return {"image": idx, "label": idx}
+
+  def rows(p, count):
+    it = classifier_mnist.make_train_iterator(
+        Source(), 8, 2, seed=1, threads=0, prefetch=0, process_index=p,
+        process_count=count)
+    return _epoch_rows(it, 10)  # two epochs
+
+  one, parts = rows(0, 1), [rows(p, 2) for p in (0, 1)]
+  for step in range(10):
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][step], parts[1][step]]), one[step])
+  for epoch in (slice(0, 5), slice(5, 10)):
+    seen = np.concatenate(parts[0][epoch] + parts[1][epoch])
+    assert len(set(seen.tolist())) == len(seen) == 40
 
 
 # ------------------------------------------------------- failure handling --
@@ -257,3 +338,114 @@ def test_failure_in_one_process_stops_all(tmp_path):
   # Process 0 says why it stopped, and does not wait for the sleep.
   assert "process 1 failed: RuntimeError: disk full" in results[0].stderr
   assert elapsed < 60, elapsed
+
+
+# ---------------------------------------------------------------- trainers --
+
+
+def saved_state(workdir, step: int):
+  """A checkpointed train state as numpy, whatever topology saved it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                        meta)
+    return ckptr.restore(path, restore_args=args)
+
+
+def assert_states_equal(a, b, atol=0.0):
+  import jax  # pylint: disable=g-import-not-at-top
+  diffs = jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y),
+                                initial=0)), a, b))
+  assert diffs and max(diffs) <= atol, max(diffs)
+
+
+def metric_records(workdir, drop=("steps_per_second", "compile_s")):
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(l) for l in lines]
+  return [{k: v for k, v in r.items() if k not in drop} for r in records
+          if set(r) - set(drop) - {"step"}]
+
+
+def only_main_wrote(results) -> None:
+  """Process 0 logged; the others stayed silent on the shared workdir."""
+  for r in results:
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_cgn_mnist_two_processes_match_one_and_resume(tmp_path, mnist_dir):
+  del mnist_dir  # sets CGN_MNIST_DIR for the children
+  argv = ["train.py", "--config=configs/cgn_colored_mnist.py:smoke",
+          "--config.perceptual.vgg16=none", "--config.ckpt_every_steps=1",
+          "--config.sample_every_steps=1"]
+  ref, multi = tmp_path / "one", tmp_path / "two"
+  check_ok(launch([*argv, f"--workdir={ref}",
+                   "--config.num_train_steps=2"], 1, 2))
+  # Two processes of one device each (the same 2-device mesh): a run
+  # stopped after step 1, then both processes restarted to step 2.
+  first = launch([*argv, f"--workdir={multi}", "--config.num_train_steps=1"],
+                 2, 1)
+  check_ok(first)
+  second = launch([*argv, f"--workdir={multi}",
+                   "--config.num_train_steps=2"], 2, 1)
+  check_ok(second)
+  for step in (1, 2):
+    assert_states_equal(saved_state(ref, step), saved_state(multi, step))
+  # Each process checkpointed its own data iterator position.
+  data = sorted(p.name for p in (multi / "checkpoints" / "2" / "data").glob(
+      "process_*"))
+  assert data == ["process_0-of-2.json", "process_1-of-2.json"]
+  # One log line per step (process 0's), equal to the one-process run.
+  assert metric_records(multi) == metric_records(ref)
+  results = json.loads((multi / "results.json").read_text())
+  assert results["step"] == 2 and results["started_from"] == "checkpoint"
+  # Sheets of every step (and the end of each run), from the same params.
+  sheets = sorted(p.name for p in (ref / "samples").iterdir())
+  assert sorted(p.name for p in (multi / "samples").iterdir()) == sheets
+  for name in sheets:
+    assert (multi / "samples" / name).read_bytes() == (
+        ref / "samples" / name).read_bytes(), name
+  only_main_wrote(first + second)
+
+
+def _classifier_data(root: pathlib.Path) -> pathlib.Path:
+  """A tiny generate.py-style workdir: random images, real labels shape."""
+  from cgn_jax import counterfactuals as cf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for sub, n in ((cf.CF_DIR, 256), (cf.REAL_TEST_DIR, 96)):
+    cf.write_arrays(root / sub, {
+        "image": rng.integers(0, 256, (n, 28, 28, 3), np.uint8),
+        "label": rng.integers(0, 10, n).astype(np.int32)},
+                    metadata={"variant": "wildlife"})
+  return root
+
+
+@pytest.mark.slow
+def test_classifier_two_processes_match_one_and_resume(tmp_path):
+  data = _classifier_data(tmp_path / "data")
+  argv = ["train.py", "--config=configs/classifier_mnist.py:wildlife,smoke",
+          f"--config.counterfactuals={data}", "--config.num_counterfactuals=0",
+          "--config.test_subset=0", "--config.batch_size=32",
+          "--config.test_batch_size=64", "--config.log_every_steps=4"]
+  ref, multi = tmp_path / "one", tmp_path / "two"
+  check_ok(launch([*argv, f"--workdir={ref}", "--config.epochs=2"], 1, 2))
+  first = launch([*argv, f"--workdir={multi}", "--config.epochs=1"], 2, 1)
+  check_ok(first)
+  second = launch([*argv, f"--workdir={multi}", "--config.epochs=2"], 2, 1)
+  check_ok(second)
+  for step in (8, 16):  # 256 / 32 = 8 steps per epoch
+    assert_states_equal(saved_state(ref, step), saved_state(multi, step))
+  a = json.loads((ref / "results.json").read_text())["epochs"]
+  b = json.loads((multi / "results.json").read_text())["epochs"]
+  assert len(a) == len(b) == 2
+  for ra, rb in zip(a, b):
+    assert ra["train_accuracy"] == rb["train_accuracy"]
+    assert ra["test_accuracy"] == rb["test_accuracy"]
+    assert abs(ra["test_loss"] - rb["test_loss"]) <= 1e-6
+  assert metric_records(multi) == metric_records(ref)
+  only_main_wrote(first + second)

@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import distributed
 from cgn_jax import losses
 from cgn_jax.data import pipeline
 from cgn_jax.models import cgn as cgn_lib
@@ -524,7 +525,7 @@ def _initial_state(config, models, mesh, ckpt, iterator):
   """Resume order (STYLE habit 17): workdir checkpoint, init_from, scratch."""
   state = create_train_state(config, models,
                              jax.random.PRNGKey(config.seed))
-  state = jax.device_put(state, common.replicated(mesh))
+  state = common.replicate(state, mesh)
   restored = ckpt.restore(state, iterator)
   if restored is not None:
     state, meta = restored
@@ -536,7 +537,7 @@ def _initial_state(config, models, mesh, ckpt, iterator):
                           g_batch_stats=variables["batch_stats"],
                           g_opt_state=state.g_tx.init(variables["params"]))
     logging.info("generator initialised from %s", config.init_from)
-    return jax.device_put(state, common.replicated(mesh)), "init_from"
+    return common.replicate(state, mesh), "init_from"
   logging.info("training from scratch")
   return state, "scratch"
 
@@ -571,7 +572,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lc = LossConfig.from_config(config, with_style=models.vgg is not None)
   mesh = common.make_mesh()
   if vgg_variables is not None and models.vgg is not None:
-    vgg_variables = jax.device_put(vgg_variables, common.replicated(mesh))
+    vgg_variables = common.replicate(vgg_variables, mesh)
   else:
     vgg_variables = None
   common.write_json(workdir / "config.json", config.to_dict())
@@ -599,7 +600,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
-             disable=not config.progress_bar)
+             disable=not config.progress_bar
+             or not distributed.is_main_process())
   start, t_window, s_window = time.time(), time.time(), step
   first_call, last = True, None
   try:

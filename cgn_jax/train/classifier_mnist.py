@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from cgn_jax import counterfactuals as cf
+from cgn_jax import distributed
 from cgn_jax.models import classifier
 from cgn_jax.train import common
 
@@ -157,6 +158,7 @@ def evaluate(apply_fn: Callable, variables, images: np.ndarray,
   """
   step = _jit_eval_step(apply_fn)
   n = len(labels)
+  mine = distributed.process_rows(batch_size)  # this process's rows
   correct, nll = 0, 0.0
   for i in range(0, n, batch_size):
     img, lab = images[i:i + batch_size], labels[i:i + batch_size]
@@ -164,6 +166,7 @@ def evaluate(apply_fn: Callable, variables, images: np.ndarray,
     batch = {"image": np.pad(img, ((0, pad),) + ((0, 0),) * (img.ndim - 1)),
              "label": np.pad(np.asarray(lab, np.int32), (0, pad)),
              "weight": np.pad(np.ones(len(lab), np.float32), (0, pad))}
+    batch = jax.tree.map(lambda x: x[mine], batch)
     c, l = step(variables, common.shard_batch(batch, mesh))
     correct += int(c)
     nll += float(l)
@@ -225,15 +228,21 @@ class _Prefix:
 
 
 def make_train_iterator(source, batch_size: int, epochs: int, seed: int,
-                        threads: int = 2, prefetch: int = 8):
+                        threads: int = 2, prefetch: int = 8, *,
+                        process_index: int | None = None,
+                        process_count: int | None = None):
   """A checkpointable grain iterator over `epochs` shuffled epochs.
 
   Each epoch is a fresh seeded permutation (grain reseeds `shuffle` per
   repetition); batches never straddle epochs and the remainder is dropped.
+  `batch_size` is the global batch: every process draws the same index
+  batches and gathers only its rows of each (`distributed.process_rows`),
+  so no example is read twice and the global batch is the one-process one.
   """
+  mine = distributed.process_rows(batch_size, process_index, process_count)
   ds = (grain.MapDataset.range(len(source)).shuffle(seed=seed)
         .batch(batch_size, drop_remainder=True).repeat(epochs)
-        .map(source.gather))
+        .map(lambda idx: source.gather(idx[mine])))
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=threads, prefetch_buffer_size=prefetch)))
 
@@ -271,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   tx = make_optimizer(config, steps_per_epoch)
   schedule = lr_schedule(config, steps_per_epoch)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed))
-  state = jax.device_put(state, common.replicated(mesh))
+  state = common.replicate(state, mesh)
 
   # -- restore
   ckpt = common.Checkpointer(workdir)
@@ -335,4 +344,4 @@ def _end_epoch(state, epoch, step, results, schedule, apply_fn, test, config,
   logging.info("epoch %d: train acc %.4f, test acc %.4f (loss %.4f)", epoch,
                record["train_accuracy"], record["test_accuracy"],
                record["test_loss"])
-  return jax.device_put(reset_epoch_metrics(state), common.replicated(mesh))
+  return common.replicate(reset_epoch_metrics(state), mesh)

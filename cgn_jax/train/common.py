@@ -25,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
 
+from cgn_jax import distributed
+
 P = jax.sharding.PartitionSpec
 
 
@@ -32,9 +34,12 @@ P = jax.sharding.PartitionSpec
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A one-axis mesh named 'data' over every device (all hosts)."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  """A one-axis mesh named 'data' over every device (all hosts).
+
+  Process-major (`distributed.data_mesh`): process p's devices hold rows
+  [p*b, (p+1)*b) of every batch, the rows its pipeline reads.
+  """
+  return distributed.data_mesh()
 
 
 def batch_sharding(mesh) -> jax.sharding.NamedSharding:
@@ -46,16 +51,18 @@ def replicated(mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, P())
 
 
+def replicate(tree, mesh):
+  """`tree` on every device of every process (`distributed.replicate`)."""
+  return distributed.replicate(tree, mesh)
+
+
 def shard_batch(batch, mesh):
   """Host-local numpy batch -> global jax arrays sharded on the batch axis.
 
   Each process passes its own shard of the global batch (the grain pipeline
   already takes `process_index`'s share).
   """
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      batch)
+  return distributed.global_batch(batch, batch_sharding(mesh))
 
 
 def check_global_batch(batch_size: int) -> None:
@@ -119,6 +126,7 @@ class Checkpointer:
     args = {"state": ocp.args.StandardRestore(abstract),
             "meta": ocp.args.JsonRestore()}
     if data_iterator is not None:
+      check_process_count(self.directory / str(step) / "data")
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
@@ -133,6 +141,24 @@ class Checkpointer:
 
   def close(self):
     self._mngr.close()
+
+
+def check_process_count(data_dir) -> None:
+  """The iterator states in `data_dir` must be one per process of this run.
+
+  grain saves one position per process (`process_I-of-N.json`): each
+  process reads its own rows of every global batch, so a checkpoint resumes
+  only with the same number of processes.
+  """
+  data_dir = pathlib.Path(data_dir)
+  counts = {p.stem.rsplit("-of-", 1)[-1]
+            for p in data_dir.glob("process_*-of-*.json")}
+  if counts and counts != {str(jax.process_count())}:
+    raise ValueError(
+        f"{data_dir.parent} was written by {'/'.join(sorted(counts))} "
+        f"processes but this run has {jax.process_count()}: resume it with "
+        "the same number of processes (each saved its own data position), "
+        "or start a fresh --workdir")
 
 
 # ------------------------------------------------------------------ metrics --
@@ -150,6 +176,8 @@ class MetricWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not distributed.is_main_process():
+      return  # one log per run, written by process 0
     record = {"step": int(step)}
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
@@ -169,7 +197,9 @@ def check_finite(step: int, metrics: Mapping[str, Any],
 
 
 def write_json(path, obj) -> None:
-  """Writes JSON atomically (temporary file + rename)."""
+  """Writes JSON atomically (temporary file + rename), on process 0 only."""
+  if not distributed.is_main_process():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + ".tmp")
@@ -238,5 +268,7 @@ def save_image_grid(path, images, nrow: int, *, normalize: str = "range",
     r, col = divmod(i, nrow)
     y0, x0 = padding + r * (h + padding), padding + col * (w + padding)
     grid[y0:y0 + h, x0:x0 + w] = x[i]
+  if not distributed.is_main_process():
+    return  # every process computes the sheet; process 0 writes it
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(path)
