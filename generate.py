@@ -1,16 +1,23 @@
 """Generates a counterfactual MNIST dataset with a trained CGN (SPEC §3.1).
 
   python generate.py --config=configs/counterfactuals_mnist.py:wildlife \
-      --workdir=DIR --config.cgn=CKPT_DIR [--config.num=1000000]
+      --workdir=DIR --config.cgn=CKPT_DIR [--config.num=1000000] \
+      [--verbose] [--no-cpu-defaults]
 
 Writes DIR/counterfactuals/, DIR/real_train/, DIR/real_test/ (shard
-datasets, see `cgn_jax.counterfactuals`) and DIR/preview.png. Complete sets
-already in DIR are kept unless --config.overwrite=True.
+datasets, see `cgn_jax.data.shards`) and DIR/preview.png. A complete set
+already in DIR is kept only when its `provenance` (the CGN's weights sha256,
+num, cfs_per_shape, seed, ...) matches this config; a mismatch is an error
+naming the field, and --config.overwrite=True regenerates instead.
+
+Errors print one line (`--verbose` for the traceback); see cgn_jax/cli.py.
 """
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from cgn_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/counterfactuals_mnist.py:VARIANT",
@@ -22,9 +29,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from cgn_jax import counterfactuals  # pylint: disable=g-import-not-at-top
-  counterfactuals.run_config(_CONFIG.value, _WORKDIR.value)
+  from cgn_jax.counterfactuals import mnist  # pylint: disable=g-import-not-at-top
+  mnist.run_config(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl_app(main)

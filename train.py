@@ -1,11 +1,17 @@
 """Trains a model from a config: the one entry point for every trainer.
 
   python train.py --config=configs/cgn_wildlife_mnist.py --workdir=DIR \
-      [--config.a.b=value ...]
+      [--config.a.b=value ...] [--verbose] [--no-cpu-defaults]
 
 The config's `trainer` field names the training module (see `TRAINERS`); that
 module's `train_and_evaluate(config, workdir)` does the work. A workdir that
-already holds a checkpoint is resumed.
+already holds a checkpoint is resumed (the checkpoint must come from the
+same config: `provenance.json` in the workdir says which; a mismatch is an
+error unless --config.overwrite=True starts over).
+
+Errors print one line (`--verbose` for the traceback); on a CPU backend the
+CPU defaults of cgn_jax/platform.py are applied first (`--no-cpu-defaults`
+or CGN_JAX_CPU_DEFAULTS=0 to skip them). Both are handled by cgn_jax.cli.
 """
 
 import importlib
@@ -15,7 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from cgn_jax import distributed
+from cgn_jax import cli
 
 TRAINERS = {
     "cgn_mnist": "cgn_jax.train.cgn_mnist",
@@ -27,13 +33,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint dir.")
 flags.mark_flags_as_required(["config", "workdir"])
-distributed.define_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed.initialize_from_flags()
   config = _CONFIG.value
   if config.trainer not in TRAINERS:
     raise ValueError(f"unknown trainer {config.trainer!r}; "
@@ -44,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl_app(main)

@@ -5,6 +5,7 @@ import json
 import sys
 
 from benchmarks import harness
+from cgn_jax import cli
 
 
 def main(argv=None) -> int:
@@ -12,7 +13,9 @@ def main(argv=None) -> int:
       prog="python -m benchmarks",
       description="Times training steps and generators; prints one JSON "
       "record per benchmark. NAME selects a benchmark or a group "
-      "(e.g. 'mnist_variants').")
+      "(e.g. 'mnist_variants'). On a CPU backend the CPU defaults of "
+      "cgn_jax/platform.py are applied first; --no-cpu-defaults skips "
+      "them, --verbose shows tracebacks.")
   parser.add_argument("names", nargs="*", metavar="NAME")
   parser.add_argument("--list", action="store_true", help="list and exit")
   parser.add_argument("--json", metavar="FILE", help="write all records here")
@@ -39,4 +42,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_main(main, prog="python -m benchmarks"))

@@ -2,8 +2,8 @@
 
   python -m benchmarks mnist_counterfactuals mnist_classifier_train
 
-* `mnist_counterfactuals/float32`: images/s of `counterfactuals.
-  make_generate_fn` (the code generate.py runs) at 10,000 images per call
+* `mnist_counterfactuals/float32`: images/s of `counterfactuals.mnist.
+  Generator` (the code generate.py runs) at 10,000 images per call
   (1,000 shape samples x 10 counterfactuals), random CGN weights.
   Upstream: 241 images/s on a 2-core CPU; target >= 2x.
 * `mnist_counterfactuals/bfloat16_1e6` (accelerators only): 10^6 images in
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.harness import Benchmark
-from cgn_jax import counterfactuals as cf
+from cgn_jax.counterfactuals import mnist as cf
 from cgn_jax.models import cgn as cgn_lib
 from cgn_jax.train import common
 
@@ -29,7 +29,7 @@ def _cf_setup(dtype, cfs, shapes_per_block, blocks_per_call):
   def setup():
     model = cgn_lib.CGN(dtype=jnp.dtype(dtype))
     variables = cgn_lib.init_variables(model, jax.random.PRNGKey(0))
-    fn = cf.make_generate_fn(model, cfs, shapes_per_block, blocks_per_call)
+    fn = cf.Generator(model, cfs, shapes_per_block, blocks_per_call)
     key = jax.random.PRNGKey(1)
     return lambda: fn(variables, key, 0)["image"]
   return setup

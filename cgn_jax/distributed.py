@@ -33,7 +33,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Any
+from typing import Any, Sequence
 
 from absl import flags
 from absl import logging
@@ -71,6 +71,37 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "distributed", None, "Force jax.distributed.initialize() with JAX's "
       "cluster auto-detection (TPU pods, Kubernetes, mpi4py).",
       flag_values=flag_values)
+
+
+def pop_args(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+  """Takes the `define_flags()` options out of an argparse-style argv.
+
+  Returns:
+    (the other arguments, keyword arguments for `initialize`).
+  """
+  names = {"--coordinator": ("coordinator", str),
+           "--num_processes": ("num_processes", int),
+           "--process_id": ("process_id", int)}
+  rest, found = [], {}
+  args = list(argv)
+  while args:
+    a = args.pop(0)
+    name, eq, value = a.partition("=")
+    if a == "--distributed":
+      found["force"] = True
+    elif name in names:
+      if not eq:
+        if not args:
+          raise ValueError(f"{name} needs a value")
+        value = args.pop(0)
+      key, kind = names[name]
+      try:
+        found[key] = kind(value)
+      except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+    else:
+      rest.append(a)
+  return rest, found
 
 
 def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS
@@ -274,6 +305,15 @@ def _stop_watcher() -> None:
 
 
 # ------------------------------------------------------------ process roles --
+
+
+def is_multi_process() -> bool:
+  """True after `initialize` joined several processes (starts no backend)."""
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def process_index() -> int:
+  return jax.process_index()
 
 
 def is_main_process() -> bool:

@@ -75,6 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.prefetch = 8
   c.test_subset = 0            # first N test images; 0 = all (tiny runs)
   c.log_every_steps = 500
+  # A workdir whose checkpoint was made with another config or other data
+  # (its provenance.json differs) is refused; True deletes it and starts
+  # over.
+  c.overwrite = False
 
   if a.smoke:
     c.epochs = 1

@@ -15,7 +15,8 @@ raw upstream `.pth` file also works (converted in memory; needs torch).
 Writes DIR/counterfactuals/ (N images with shape, foreground and background
 labels), DIR/real_train/ and DIR/real_test/ (the variant's real images for
 the classifier) as uint8 `.npy` shards with an index (see
-`cgn_jax/counterfactuals.py`), plus DIR/preview.png. Defaults follow the
+`cgn_jax/data/shards.py`; generation: `cgn_jax/counterfactuals/mnist.py`),
+plus DIR/preview.png. Defaults follow the
 upstream README (1e5 images, 10 counterfactuals per shape); the reproduction
 [RR] used 1e6. Throughput: see `benchmarks/bench_mnist_cf.py`.
 """
@@ -50,7 +51,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.real_seed = 0            # seeds the real train rendering and test set
   c.write_real = True        # also write real_train/ and real_test/
   c.num_real = 0             # only the first N real train images; 0 = all
-  c.overwrite = False        # regenerate even if a complete set exists
+  # A complete set in the workdir is kept only if its provenance (CGN
+  # weights sha256, num, cfs_per_shape, seed, ...) matches this config; one
+  # made differently is an error naming the field, or, with overwrite=True,
+  # is regenerated.
+  c.overwrite = False
 
   # Throughput knobs: a block is `shapes_per_block` shape samples times
   # `cfs_per_shape` images; a jitted call runs `blocks_per_call` blocks.

@@ -1,4 +1,8 @@
-"""Counterfactual generation (SPEC §3.1) and the shard dataset format."""
+"""Counterfactual generation (SPEC §3.1), its provenance, and the shard format.
+
+The inference form the generator runs (CGN(folded=True)) is tested against
+the module in tests/test_cgn_inference.py.
+"""
 
 import hashlib
 import pathlib
@@ -8,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgn_jax import counterfactuals as cf
+from cgn_jax import provenance
+from cgn_jax.counterfactuals import mnist as cf
+from cgn_jax.data import shards
 from cgn_jax.models import cgn as cgn_lib
 
 CFS = 3
@@ -46,40 +52,10 @@ def _constant_textures(variables):
 @pytest.fixture(scope="module")
 def block(model_and_variables):
   model, variables = model_and_variables
-  fn = cf.make_generate_fn(model, CFS, SHAPES, 1, keep_mask=True)
+  fn = cf.Generator(model, CFS, SHAPES, 1, keep_mask=True)
   out = jax.device_get(fn(_constant_textures(variables),
                           jax.random.PRNGKey(7), 0))
   return out
-
-
-def test_fast_mechanisms_match_the_module(model_and_variables):
-  model, v = model_and_variables
-  u = jax.random.normal(jax.random.PRNGKey(2), (8, model.latent_sz))
-  y = jnp.arange(8) % 10
-
-  @jax.jit
-  def both(v, u, y):
-    ref = {m: model.apply(v, u, y, train=False, method=m)
-           for m in ("foreground", "background", "shape")}
-    fast = {m: cf.fast_texture(v, m, u, y)
-            for m in ("foreground", "background")}
-    fast["shape"] = cf.fast_shape(v, u, y)
-    return {m: jnp.max(jnp.abs(fast[m] - ref[m])) for m in ref}
-  err = {m: float(e) for m, e in both(v, u, y).items()}
-  assert err["foreground"] <= 1e-5 and err["background"] <= 1e-5, err
-  assert err["shape"] <= 1e-4, err  # instance-normed values reach ~10
-
-
-def test_upsample_conv_equals_upsample_then_conv():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 4))
-  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 7))
-  b = jax.random.normal(jax.random.PRNGKey(2), (7,))
-  up = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
-  ref = jax.lax.conv_general_dilated(
-      up, k, (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-  got = jax.jit(cf.upsample_conv)(x, k, b)
-  assert float(jnp.max(jnp.abs(got - ref))) <= 1e-5
 
 
 def test_block_shapes_and_order(block):
@@ -117,7 +93,7 @@ def test_texture_labels_permute_the_shape_labels_per_group_and_pass(block):
 def test_one_mask_per_shape_sample(block):
   # With foreground +1 and background -1 an image is 2m - 1: the counter-
   # factuals of one shape sample are identical and show its stored mask.
-  expect = cf.quantize(np.repeat(2.0 * block["mask"] - 1.0, 3, -1))
+  expect = shards.quantize(np.repeat(2.0 * block["mask"] - 1.0, 3, -1))
   got = block["image"]
   diff = np.abs(got.astype(int) - expect[block["shape_id"]].astype(int))
   assert diff.max() <= 1  # tanh(20) vs 1 and float rounding
@@ -141,7 +117,7 @@ def test_same_seed_same_bytes(model_and_variables, tmp_path):
   c = cf.write_counterfactuals(tmp_path / "c", variables, model, seed=4, **kw)
   assert _digest(a) == _digest(b)
   assert _digest(a)["image-00000.npy"] != _digest(c)["image-00000.npy"]
-  src = cf.ShardedSource(a)
+  src = shards.ShardedSource(a)
   assert len(src) == cf.dataset_size(650, CFS) == 600  # upstream's floor
   assert [s["num"] for s in src.index["shards"]] == [128] * 4 + [88]
   assert not (tmp_path / "a.tmp").exists()
@@ -159,9 +135,9 @@ def test_shard_reader_round_trips(tmp_path):
   n = 53
   arrays = {"image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
             "label": rng.integers(0, 10, n).astype(np.int32)}
-  cf.write_arrays(tmp_path / "d", arrays, shard_size=10, batch=7,
+  shards.write_arrays(tmp_path / "d", arrays, shard_size=10, batch=7,
                   metadata={"variant": "wildlife"})
-  src = cf.ShardedSource(tmp_path / "d")
+  src = shards.ShardedSource(tmp_path / "d")
   assert len(src) == n and src.metadata == {"variant": "wildlife"}
   idx = rng.permutation(n)[:31]
   got = src.gather(idx)
@@ -170,7 +146,8 @@ def test_shard_reader_round_trips(tmp_path):
   rec = src[n - 1]
   np.testing.assert_array_equal(rec["image"], arrays["image"][-1])
   assert len(src.__getitems__([0, 5])) == 2
-  both = cf.ConcatSource([src, cf.ShardedSource(tmp_path / "d", ["label"])])
+  both = shards.ConcatSource(
+      [src, shards.ShardedSource(tmp_path / "d", ["label"])])
   assert len(both) == 2 * n
   got = both.gather([n + 2, 1])
   assert set(got) == {"label"}  # fields common to both parts
@@ -178,24 +155,24 @@ def test_shard_reader_round_trips(tmp_path):
   with pytest.raises(IndexError):
     src.gather([n])
   with pytest.raises(KeyError, match="no field"):
-    cf.ShardedSource(tmp_path / "d", ["mask"])
+    shards.ShardedSource(tmp_path / "d", ["mask"])
   with pytest.raises(FileNotFoundError, match="generate.py"):
-    cf.ShardedSource(tmp_path)
+    shards.ShardedSource(tmp_path)
   with pytest.raises(FileExistsError):
-    cf.ShardWriter(tmp_path / "d")
+    shards.ShardWriter(tmp_path / "d")
 
 
 def test_quantisation_error_is_at_most_half_a_level():
   x = np.linspace(-1, 1, 10_001, dtype=np.float32)
-  q = cf.quantize(x)
+  q = shards.quantize(x)
   assert q.dtype == np.uint8 and q.min() == 0 and q.max() == 255
-  assert np.abs(cf.dequantize(q) - x).max() <= 0.5 / 127.5 + 1e-6
-  np.testing.assert_array_equal(np.asarray(cf.quantize(jnp.asarray(x))), q)
+  assert np.abs(shards.dequantize(q) - x).max() <= 0.5 / 127.5 + 1e-6
+  np.testing.assert_array_equal(np.asarray(shards.quantize(jnp.asarray(x))), q)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
   with pytest.raises(RuntimeError):
-    with cf.ShardWriter(tmp_path / "x", shard_size=4) as w:
+    with shards.ShardWriter(tmp_path / "x", shard_size=4) as w:
       w.write({"label": np.arange(6)})
       raise RuntimeError("crash")
   assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()

@@ -306,23 +306,21 @@ def test_classifier_iterator_reads_each_example_once_per_epoch():
 
 _FAIL = textwrap.dedent("""
     import sys, time
-    from absl import app
     import jax, jax.numpy as jnp, numpy as np
-    from cgn_jax import distributed
-    distributed.define_flags()
+    from cgn_jax import cli, distributed
 
-    def main(argv):
-      distributed.initialize_from_flags()
+    def main(argv):  # run as the entry points run: cli.run_absl_app
+      assert distributed.is_multi_process()
       mesh = distributed.data_mesh()
       rows = jax.sharding.NamedSharding(mesh, distributed.P("data"))
       f = jax.jit(jnp.sum)
       x = distributed.global_batch(np.ones(2, np.float32), rows)
       print("sum", float(f(x)), flush=True)
       if jax.process_index() == 1:
-        raise RuntimeError("disk full on process 1")
+        raise OSError("disk full on process 1")
       time.sleep(120)  # stands for a collective that never completes
 
-    app.run(main)
+    cli.run_absl_app(main)
 """)
 
 
@@ -334,9 +332,11 @@ def test_failure_in_one_process_stops_all(tmp_path):
   elapsed = time.time() - t0
   assert [r.returncode for r in results] == [1, 1], [
       r.stderr[-2000:] for r in results]
-  assert "RuntimeError: disk full on process 1" in results[1].stderr
-  # Process 0 says why it stopped, and does not wait for the sleep.
-  assert "process 1 failed: RuntimeError: disk full" in results[0].stderr
+  # The entry points' one-line error, then the same line in process 0,
+  # which says why it stopped and does not wait for the sleep.
+  assert "fail.py: error: disk full on process 1" in results[1].stderr
+  assert ("process 1 failed: fail.py: error: disk full on process 1; "
+          "stopping process 0") in results[0].stderr
   assert elapsed < 60, elapsed
 
 
@@ -415,10 +415,11 @@ def test_cgn_mnist_two_processes_match_one_and_resume(tmp_path, mnist_dir):
 
 def _classifier_data(root: pathlib.Path) -> pathlib.Path:
   """A tiny generate.py-style workdir: random images, real labels shape."""
-  from cgn_jax import counterfactuals as cf  # pylint: disable=g-import-not-at-top
+  from cgn_jax.counterfactuals import mnist as cf_mnist  # pylint: disable=g-import-not-at-top
+  from cgn_jax.data import shards  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  for sub, n in ((cf.CF_DIR, 256), (cf.REAL_TEST_DIR, 96)):
-    cf.write_arrays(root / sub, {
+  for sub, n in ((cf_mnist.CF_DIR, 256), (cf_mnist.REAL_TEST_DIR, 96)):
+    shards.write_arrays(root / sub, {
         "image": rng.integers(0, 256, (n, 28, 28, 3), np.uint8),
         "label": rng.integers(0, 10, n).astype(np.int32)},
                     metadata={"variant": "wildlife"})
@@ -449,3 +450,55 @@ def test_classifier_two_processes_match_one_and_resume(tmp_path):
     assert abs(ra["test_loss"] - rb["test_loss"]) <= 1e-6
   assert metric_records(multi) == metric_records(ref)
   only_main_wrote(first + second)
+
+
+def test_argparse_entry_points_take_the_distributed_options_out():
+  rest, found = distributed.pop_args(
+      ["--cgn-dir", "x", "--coordinator=h:5", "--num_processes", "2",
+       "--process_id=1", "--distributed", "--workdir=w"])
+  assert rest == ["--cgn-dir", "x", "--workdir=w"]
+  assert found == dict(coordinator="h:5", num_processes=2, process_id=1,
+                       force=True)
+  with pytest.raises(ValueError, match="--num_processes=.two. is not an integer"):
+    distributed.pop_args(["--num_processes=two"])
+
+
+# ------------------------------------------------- counterfactual datasets --
+
+_GENERATE = textwrap.dedent("""
+    import sys
+    import jax
+    from cgn_jax import cli
+    from cgn_jax.counterfactuals import mnist as cf
+    from cgn_jax.models import cgn as cgn_lib
+
+    def main(argv):
+      model = cgn_lib.CGN(ngf=8)  # narrow, as tests/test_counterfactuals.py
+      variables = jax.jit(lambda k: cgn_lib.init_variables(model, k))(
+          jax.random.PRNGKey(0))
+      cf.write_counterfactuals(argv[1], variables, model, num=1250,
+                               cfs_per_shape=3, shapes_per_block=100,
+                               shard_size=128, seed=3, progress=False)
+
+    cli.run_absl_app(main)
+""")
+
+
+def test_counterfactuals_split_by_process_into_one_dataset(tmp_path):
+  from cgn_jax.data import shards  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "generate.py"
+  script.write_text(_GENERATE)
+  check_ok(launch([str(script), str(tmp_path / "one")], 1, 1))
+  check_ok(launch([str(script), str(tmp_path / "two")], 2, 1))
+  one = shards.ShardedSource(tmp_path / "one")
+  two = shards.ShardedSource(tmp_path / "two")
+  assert len(one) == len(two) == 1200  # 4 calls of 300: 2 per process
+  a, b = one.gather(np.arange(1200)), two.gather(np.arange(1200))
+  assert set(a) == set(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  # Each process wrote its own shards; one index lists them in order.
+  files = [f for s in two.index["shards"] for f in s["files"].values()]
+  assert {f.split("/")[0] for f in files} == {"part-00000", "part-00001"}
+  assert two.index["metadata"]["processes"] == 2
+  assert not (tmp_path / "two.parts").exists()

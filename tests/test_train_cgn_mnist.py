@@ -2,13 +2,14 @@
 
 Runs the real entry point in-process (absl flags re-parsed per run) on the
 `:smoke` configs with real MNIST digits, so it needs the shared assets.
-Compiles dominate the cost, so the tests share compiled steps: the trainer
-caches its jitted step per static configuration.
+Compiles dominate the cost: the resume test passes one `Programs` (the
+trainer's jitted functions, built once) to its three runs.
 """
 
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 import textwrap
@@ -70,19 +71,49 @@ def read_metrics(workdir):
   return [json.loads(line) for line in lines]
 
 
+def read_events(directory):
+  """TensorBoard event files -> ({tag: [(step, value)]}, {tag: [step]}).
+
+  Read with tensorboardX's protos (TFRecord framing: u64 length, u32 CRC,
+  payload, u32 CRC), so the test needs neither TensorFlow nor TensorBoard.
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars, images = {}, {}
+  for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      n = struct.unpack("<Q", data[i:i + 8])[0]
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        if v.HasField("image"):
+          images.setdefault(v.tag, []).append(event.step)
+        else:
+          scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return scalars, images
+
+
 def test_resume_is_bitwise_and_step_traced_once(tmp_path, monkeypatch):
-  # Trace counting wraps the pure step before it is jitted; the cache clear
-  # makes this test compile its own copy (later tests reuse it: same key).
-  trainer.compiled_steps.cache_clear()
+  # Trace counting wraps the pure step before `build_programs` jits it.
   monkeypatch.setattr(trainer, "train_step",
                       chex.assert_max_traces(trainer.train_step, n=1))
+  from configs import cgn_wildlife_mnist  # pylint: disable=g-import-not-at-top
   k = 2
-  run_train("wildlife", tmp_path / "straight",
-            f"--config.num_train_steps={2 * k}")
-  run_train("wildlife", tmp_path / "resumed")  # :smoke stops after k steps
+
+  def config(steps=None):
+    c = cgn_wildlife_mnist.get_config("smoke")
+    if steps:
+      c.num_train_steps = steps
+    return c
+  programs = trainer.build_programs(config(), with_vgg=True)
+  trainer.train_and_evaluate(config(2 * k), tmp_path / "straight",
+                             programs=programs)
+  # :smoke stops after k steps
+  trainer.train_and_evaluate(config(), tmp_path / "resumed",
+                             programs=programs)
   assert (tmp_path / "resumed" / "results.json").is_file()
-  run_train("wildlife", tmp_path / "resumed",
-            f"--config.num_train_steps={2 * k}")
+  trainer.train_and_evaluate(config(2 * k), tmp_path / "resumed",
+                             programs=programs)
   # Three runs and 8 steps, one trace: resuming reuses the compiled step.
   straight = saved_state(tmp_path / "straight", 2 * k)
   resumed = saved_state(tmp_path / "resumed", 2 * k)
@@ -90,6 +121,11 @@ def test_resume_is_bitwise_and_step_traced_once(tmp_path, monkeypatch):
   chex.assert_trees_all_equal(straight, resumed)  # bitwise
   results = json.loads((tmp_path / "resumed" / "results.json").read_text())
   assert results["step"] == 2 * k and results["started_from"] == "checkpoint"
+  # Programs of another configuration are refused, not silently reused.
+  other = config()
+  other.optim.lr = 1e-3
+  with pytest.raises(ValueError, match="another configuration"):
+    trainer.train_and_evaluate(other, tmp_path / "other", programs=programs)
 
 
 @pytest.mark.parametrize("variant", CONFIGS)
@@ -117,6 +153,14 @@ def test_smoke_config_trains_two_steps(variant, tmp_path):
   masks = sheet[:, 2 + 3 * 66:6 * 66].astype(int)  # grey: R = G = B
   assert (masks == masks[..., :1]).all()
   assert (tmp_path / "checkpoints" / "2").is_dir()
+  # TensorBoard: the same scalars as metrics.jsonl, and the sample sheet.
+  scalars, images = read_events(tmp_path / "tensorboard")
+  assert set(G_TERMS + D_TERMS) <= set(scalars), scalars
+  assert [step for step, _ in scalars["g_adv"]] == [1, 2]
+  by_step = {m["step"]: m for m in metrics}
+  for step, value in scalars["g_adv"]:
+    assert value == pytest.approx(by_step[step]["g_adv"], rel=1e-6)
+  assert images == {"samples": [2]}
 
 
 def test_unknown_config_field_fails(tmp_path):
@@ -133,6 +177,22 @@ def test_missing_vgg16_weights_say_how_to_get_them(tmp_path):
     run_train("colored", tmp_path / "w",
               f"--config.perceptual.vgg16={missing}")
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+  run_train("colored", tmp_path, "--config.perceptual.vgg16=none")
+  stored = json.loads((tmp_path / "provenance.json").read_text())
+  assert stored["config"]["optim"]["lr"] == 2e-4
+  # A longer run of the same config resumes (loop length may change) ...
+  run_train("colored", tmp_path, "--config.perceptual.vgg16=none",
+            "--config.num_train_steps=3")
+  # ... another learning rate does not: the error names the field.
+  from cgn_jax import provenance  # pylint: disable=g-import-not-at-top
+  with pytest.raises(provenance.ProvenanceMismatch,
+                     match=r"config\.optim\.lr: stored 0\.0002, now 0\.001"):
+    run_train("colored", tmp_path, "--config.perceptual.vgg16=none",
+              "--config.num_train_steps=4", "--config.optim.lr=1e-3")
+  assert common.Checkpointer(tmp_path).latest_step() == 3
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -157,19 +217,19 @@ _TWO_DEVICES = textwrap.dedent("""
     from cgn_jax.train import common
     assert jax.device_count() == 2, jax.devices()
     config = cgn_colored_mnist.get_config("smoke")
-    models = trainer.create_models(config, with_vgg=False)
-    lc = trainer.LossConfig.from_config(config, with_style=False)
     rng = np.random.default_rng(0)
     host = {{"digits": rng.integers(0, 256, (1, 4, 28, 28), np.uint8),
              "label": np.array([[0, 3, 7, 9]], np.int32)}}
     out = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+      programs = trainer.build_programs(config, with_vgg=False, mesh=mesh)
       state = jax.device_put(
-          trainer.create_train_state(config, models, jax.random.PRNGKey(0)),
+          trainer.create_train_state(config, programs.models,
+                                     jax.random.PRNGKey(0),
+                                     programs=programs),
           common.replicated(mesh))
-      steps = trainer.compiled_steps(models, lc, trainer.renderer("colored"),
-                                     mesh)
+      steps = programs.steps
       batch = trainer.shard_stacked(host, mesh)
       assert len(batch["label"].sharding.device_set) == len(devices)
       state, metrics = steps(state, batch, None)

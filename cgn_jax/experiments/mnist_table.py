@@ -10,7 +10,10 @@ counterfactuals + the real training images ("Original + CGN" as [RR] ran
 it), and prints a markdown table of the final-epoch train/test accuracies
 next to the paper's and the reproduction's numbers (SPEC §8.1, §8.2). The
 table is saved as DIR/mnist_table.md and DIR/mnist_table.json. Finished
-stages are reused when the command is rerun with the same DIR.
+stages are reused when the command is rerun with the same DIR, but only if
+they were made with the same CGN (weights sha256), --num, --cfs-per-shape,
+--seed and classifier settings (their provenance records); a stage made
+differently is an error naming the field, and --overwrite redoes it.
 
 CGN_DIR holds one CGN per variant, either as converted directories
 
@@ -32,6 +35,7 @@ import pathlib
 import sys
 import time
 
+from cgn_jax import cli
 from cgn_jax.train import common
 
 VARIANTS = ("colored", "double_colored", "wildlife")
@@ -74,7 +78,8 @@ class Interrupted(RuntimeError):
 
 def run_variant(variant: str, args) -> dict:
   """Generates and trains both settings for one variant; returns results."""
-  from cgn_jax import counterfactuals  # pylint: disable=g-import-not-at-top
+  from cgn_jax.counterfactuals import mnist as counterfactuals  # pylint: disable=g-import-not-at-top
+  from cgn_jax.data import shards  # pylint: disable=g-import-not-at-top
   from cgn_jax.train import classifier_mnist  # pylint: disable=g-import-not-at-top
   from configs import classifier_mnist as cls_config  # pylint: disable=g-import-not-at-top
   from configs import counterfactuals_mnist as gen_config  # pylint: disable=g-import-not-at-top
@@ -87,12 +92,13 @@ def run_variant(variant: str, args) -> dict:
   gen.cfs_per_shape = args.cfs_per_shape
   gen.seed = args.seed
   gen.num_real = args.num_real
+  gen.overwrite = args.overwrite
   gen.shapes_per_block = min(gen.shapes_per_block,
                              max(100, args.num // args.cfs_per_shape // 100
                                  * 100))
   counterfactuals.run_config(gen, root / "data")
   out["timings_s"]["generate"] = time.perf_counter() - t0
-  out["num_counterfactuals"] = len(counterfactuals.ShardedSource(
+  out["num_counterfactuals"] = len(shards.ShardedSource(
       root / "data" / counterfactuals.CF_DIR))
   for name, train_on in SETTINGS.items():
     t0 = time.perf_counter()
@@ -103,6 +109,7 @@ def run_variant(variant: str, args) -> dict:
     c.seed = args.seed
     c.test_subset = args.test_subset
     c.num_real = args.num_real
+    c.overwrite = args.overwrite
     results = classifier_mnist.train_and_evaluate(c, root / name)
     if len(results["epochs"]) < c.epochs:
       # The trainer saved and returned early (SIGTERM): stop the whole table
@@ -164,6 +171,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="test on the first N test images (0 = all)")
   p.add_argument("--num-real", type=int, default=0,
                  help="mix in only the first N real images (0 = all)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="redo stages made with other settings instead of "
+                 "stopping with an error")
   p.add_argument("--variants", default=",".join(VARIANTS),
                  help="comma-separated subset of " + ",".join(VARIANTS))
   return p.parse_args(argv)
@@ -192,4 +202,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_main(main, prog="python -m cgn_jax.experiments.mnist_table"))

@@ -14,6 +14,19 @@ Dense columns accordingly.
 Variables: `params` and `batch_stats` (BatchNorm running statistics). RNG
 streams: `noise` (the latent u and, in counterfactual mode, the label
 permutations) and `shuffle` (the patch shuffler's offsets).
+
+Inference form: `CGN(folded=True)` is the same model in eval mode with two
+exact rewrites that halve its work (generation is conv-bound):
+  * every BatchNorm (always the layer right after its conv, index i + 1)
+    uses its running statistics, an affine map folded into the conv's
+    kernel and bias by `fold_batchnorm(variables)`;
+  * "nearest upsample x2, then 3x3 conv (padding 1)" is computed as four
+    2x2 convs on the low-resolution input, one per output phase
+    (`upsample_conv`): 16 instead of 36 multiply-adds per input pixel.
+`CGN(folded=True).apply(fold_batchnorm(v), ..., train=False)` equals
+`CGN().apply(v, ..., train=False)` to float rounding (tests/
+test_cgn_inference.py); generation (`cgn_jax/counterfactuals/mnist.py`)
+uses it.
 """
 
 from typing import Any
@@ -30,6 +43,7 @@ MASK_MIN = 1e-4
 MASK_MAX = 0.9999
 _LEAK = 0.2
 _EPS = 1e-5
+_SAME = ((1, 1), (1, 1))
 # Flax momentum is the decay of the running average: 1 - torch's 0.1.
 _BN_MOMENTUM = 0.9
 
@@ -106,6 +120,95 @@ def patch_shuffle(x: jax.Array, rng: jax.Array,
   return (out, offsets) if return_offsets else out
 
 
+# ------------------------------------------------------- inference form --
+
+
+def _phase_taps(kernel, axis):
+  """The two 2-tap kernels of a 3-tap kernel seen through x2 nearest upsampling.
+
+  Output row 2i reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i
+  (taps w0, w1 + w2); output row 2i+1 reads input rows i, i, i+1
+  (taps w0 + w1, w2).
+  """
+  k0, k1, k2 = jnp.split(kernel, 3, axis=axis)
+  return (jnp.concatenate([k0, k1 + k2], axis),
+          jnp.concatenate([k0 + k1, k2], axis))
+
+
+def _conv(x, kernel, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), (1, 1), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def upsample_conv(x: jax.Array, kernel: jax.Array,
+                  bias: jax.Array) -> jax.Array:
+  """conv3x3(pad 1)(nearest_upsample_x2(x)) + bias, without upsampling.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [3, 3, Cin, Cout] HWIO.
+    bias: [Cout].
+
+  Returns:
+    [B, 2H, 2W, Cout].
+  """
+  rows = []
+  for a, ka in enumerate(_phase_taps(kernel, 0)):
+    cols = [_conv(x, kab, ((1 - a, a), (1 - b, b)))
+            for b, kab in enumerate(_phase_taps(ka, 1))]
+    rows.append(jnp.stack(cols, axis=3))      # [B, H, W, 2 (b), C]
+  out = jnp.stack(rows, axis=2)               # [B, H, 2 (a), W, 2 (b), C]
+  n, h, _, w, _, c = out.shape
+  return out.reshape(n, 2 * h, 2 * w, c) + bias.astype(out.dtype)
+
+
+def _fold_bn(kernel, bias, params, stats):
+  """Folds eval-mode BatchNorm into the conv before it: (kernel, bias)."""
+  s = params["scale"] * jax.lax.rsqrt(stats["var"] + _EPS)
+  b = 0.0 if bias is None else bias
+  return kernel * s, (b - stats["mean"]) * s + params["bias"]
+
+
+def fold_batchnorm(variables) -> dict:
+  """`CGN` variables -> `CGN(folded=True)` variables ({'params'} only).
+
+  Every BatchNorm `layers_{i}` of a mechanism (those with `batch_stats`)
+  follows its conv `layers_{i-1}`; the pair becomes one conv with a folded
+  kernel and bias, stored under the conv's name.
+  """
+  params = dict(variables["params"])
+  for mech, stats in variables.get("batch_stats", {}).items():
+    p = dict(params[mech])
+    for bn in stats:
+      conv = f"layers_{int(bn.split('_')[1]) - 1}"
+      kernel, bias = _fold_bn(p[conv]["kernel"], p[conv].get("bias"),
+                              p.pop(bn), stats[bn])
+      p[conv] = {"kernel": kernel, "bias": bias}
+    params[mech] = p
+  return {"params": params}
+
+
+class FoldedConv(nn.Module):
+  """A conv with BatchNorm folded in; `upsample` fuses the x2 upsampling."""
+  features: int
+  upsample: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x = x.astype(self.dtype)
+    if self.upsample:
+      return upsample_conv(x, kernel, bias)
+    return _conv(x, kernel, _SAME) + bias.astype(x.dtype)
+
+
+# ----------------------------------------------------------------- model --
+
+
 class _Mechanism(nn.Module):
   """Shared fields of the three mechanisms."""
   ngf: int = 32
@@ -113,6 +216,21 @@ class _Mechanism(nn.Module):
   init_type: str = "orthogonal"
   init_gain: float = 0.1
   dtype: Any = jnp.float32
+  folded: bool = False
+
+  def _conv_bn(self, x, features, index, train, *, upsample,
+               use_bias=False):
+    """[upsample x2 ->] conv `layers_{index}` -> BatchNorm `layers_{i+1}`."""
+    if self.folded:
+      if train:
+        raise ValueError("CGN(folded=True) is the eval-mode inference form; "
+                         "train with CGN()")
+      return FoldedConv(features, upsample, self.dtype,
+                        name=f"layers_{index}")(x)
+    if upsample:
+      x = upsample_nearest(x)
+    x = self._conv(x, features, f"layers_{index}", use_bias)
+    return self._bn(x, train, f"layers_{index + 1}")
 
   def _dense(self, x, name):
     # Reshaped to NHWC (init_sz, init_sz, 2·ngf); the converter permutes the
@@ -146,14 +264,12 @@ class ShapeMechanism(_Mechanism):
   def __call__(self, x, *, train: bool):
     x = self._dense(x, "layers_0")                       # 0 Linear, 1 Reshape
     x = instance_norm(x)                                 # 2
-    x = upsample_nearest(x)                              # 3
-    x = self._conv(x, self.ngf, "layers_4")              # 4
-    x = self._bn(x, train, "layers_5")                   # 5
+    # 3 Upsample, 4 Conv, 5 BatchNorm
+    x = self._conv_bn(x, self.ngf, 4, train, upsample=True)
     x = nn.leaky_relu(x, _LEAK)                          # 6
     x = instance_norm(x)                                 # 7
-    x = upsample_nearest(x)                              # 8
-    x = self._conv(x, 1, "layers_9")                     # 9
-    x = self._bn(x, train, "layers_10")                  # 10
+    # 8 Upsample, 9 Conv, 10 BatchNorm
+    x = self._conv_bn(x, 1, 9, train, upsample=True)
     x = nn.leaky_relu(x, _LEAK)                          # 11
     return instance_norm(x)                              # 12
 
@@ -164,16 +280,14 @@ class TextureMechanism(_Mechanism):
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = self._dense(x, "layers_0")                       # 0 Linear, 1 Reshape
-    x = upsample_nearest(x)                              # 2
-    x = self._conv(x, 2 * self.ngf, "layers_3")          # 3
-    x = self._bn(x, train, "layers_4")                   # 4
+    # 2 Upsample, 3 Conv, 4 BatchNorm
+    x = self._conv_bn(x, 2 * self.ngf, 3, train, upsample=True)
     x = nn.leaky_relu(x, _LEAK)                          # 5
-    x = upsample_nearest(x)                              # 6
-    x = self._conv(x, self.ngf, "layers_7")              # 7
-    x = self._bn(x, train, "layers_8")                   # 8
+    # 6 Upsample, 7 Conv, 8 BatchNorm
+    x = self._conv_bn(x, self.ngf, 7, train, upsample=True)
     x = nn.leaky_relu(x, _LEAK)                          # 9
-    x = self._conv(x, 3, "layers_10", use_bias=True)     # 10
-    x = self._bn(x, train, "layers_11")                  # 11
+    # 10 Conv (with bias), 11 BatchNorm
+    x = self._conv_bn(x, 3, 10, train, upsample=False, use_bias=True)
     return jnp.tanh(x)                                   # 12
 
 
@@ -189,6 +303,8 @@ class CGN(nn.Module):
     init_gain: the init gain (also the std of BatchNorm scales around 1).
     dtype: compute dtype of the convolutions and Dense layers (params stay
       float32; outputs are float32).
+    folded: the eval-mode inference form (see the module docstring); its
+      variables are `fold_batchnorm(variables)` of the plain model.
   """
   n_classes: int = 10
   latent_sz: int = 32
@@ -197,11 +313,12 @@ class CGN(nn.Module):
   init_type: str = "orthogonal"
   init_gain: float = 0.1
   dtype: Any = jnp.float32
+  folded: bool = False
 
   def setup(self):
     kw = dict(ngf=self.ngf, init_sz=self.img_sz // 4,
               init_type=self.init_type, init_gain=self.init_gain,
-              dtype=self.dtype)
+              dtype=self.dtype, folded=self.folded)
     self.label_emb = nn.Embed(self.n_classes, self.n_classes,
                               embedding_init=initializers.embedding_init())
     self.f_shape = ShapeMechanism(**kw)

@@ -18,7 +18,11 @@ nonzero style weight. `steps_per_call` steps run in one jitted `lax.scan`.
 
 One train state holds both networks, both Adam states and the RNG; each
 step's randomness is `fold_in(state.rng, state.step)`, so a resumed run is
-bitwise identical to an uninterrupted one. Deviations from upstream (all
+bitwise identical to an uninterrupted one. The jitted functions of a run
+(initialiser, multi-step, sampler) and its optimizers are built once, by
+`build_programs`, into a `Programs` object that a caller may pass to several
+runs of the same configuration (nothing is cached behind its back).
+Deviations from upstream (all
 documented quirks, SPEC §10): sample sheets are drawn in training mode as
 upstream but their BatchNorm updates are discarded (§10 item 4), so
 sampling never changes training; the SSIM term has a gradient and data range
@@ -28,6 +32,7 @@ images only (§10 item 8).
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import time
@@ -47,10 +52,10 @@ from cgn_jax import losses
 from cgn_jax.data import pipeline
 from cgn_jax.models import cgn as cgn_lib
 from cgn_jax.models import discriminators
+from cgn_jax.models import cgn_weights
 from cgn_jax.models import vgg16 as vgg_lib
+from cgn_jax.models import vgg16_weights
 from cgn_jax.train import common
-from converters import cgn_mnist as cgn_convert
-from converters import vgg16 as vgg16_convert
 
 P = jax.sharding.PartitionSpec
 VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
@@ -133,23 +138,19 @@ def create_models(config: ml_collections.ConfigDict,
                 vgg_upto=upto)
 
 
-@functools.lru_cache(maxsize=16)
-def _adam(lr: float, b1: float, b2: float) -> optax.GradientTransformation:
-  return optax.adam(lr, b1=b1, b2=b2)
-
-
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam (upstream: lr 2e-4, betas 0.5/0.999, eps 1e-8, no decay).
 
-  Cached: the transform is static in the train state's tree structure, so a
-  fresh (unequal) one per run would retrace the jitted step on resume.
+  The transform is static in the train state's tree structure: states made
+  with two different (unequal) transforms retrace the jitted step, so one
+  run (or one `Programs`) builds it once.
   """
   o = config.optim
-  return _adam(float(o.lr), float(o.b1), float(o.b2))
+  return optax.adam(float(o.lr), b1=float(o.b1), b2=float(o.b2))
 
 
-@functools.lru_cache(maxsize=16)
-def _initializer(cgn: nn.Module, disc: nn.Module, img_sz: int) -> Callable:
+def make_initializer(cgn: nn.Module, disc: nn.Module,
+                     img_sz: int) -> Callable:
   """Jitted `rng -> (G variables, D variables)`.
 
   Jitted because eager init dispatches (and compiles) every op of the
@@ -169,12 +170,20 @@ def _initializer(cgn: nn.Module, disc: nn.Module, img_sz: int) -> Callable:
   return jax.jit(init)
 
 
-def create_train_state(config, models: Models, rng: jax.Array) -> TrainState:
-  """Fresh parameters (upstream init), Adam states and the RNG."""
+def create_train_state(config, models: Models, rng: jax.Array, *,
+                       programs: "Programs | None" = None) -> TrainState:
+  """Fresh parameters (upstream init), Adam states and the RNG.
+
+  With `programs`, its initialiser and optimizers are used (no new jit);
+  otherwise fresh ones are built.
+  """
   k_init, rng = jax.random.split(rng)
-  g_vars, d_vars = _initializer(models.cgn, models.disc,
-                                config.model.img_sz)(k_init)
-  g_tx, d_tx = make_optimizer(config), make_optimizer(config)
+  if programs is not None:
+    init, (g_tx, d_tx) = programs.init, programs.tx
+  else:
+    init = make_initializer(models.cgn, models.disc, config.model.img_sz)
+    g_tx, d_tx = make_optimizer(config), make_optimizer(config)
+  g_vars, d_vars = init(k_init)
   return TrainState(
       step=jnp.zeros((), jnp.int32), rng=rng,
       g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),
@@ -361,34 +370,28 @@ def load_vgg_variables(spec: str):
 
   Returns {'params', 'frozen'} (the input-gradient and Winograd kernels,
   computed once here instead of in every step; see models/vgg16.py), None
-  for 'none'. A missing directory raises FileNotFoundError
-  (from the converter) saying how to download and convert the weights.
+  for 'none'. A missing directory raises FileNotFoundError saying how to
+  download and convert the weights (`cgn_jax/models/vgg16_weights.py`).
   """
   if spec == "none":
     return None
-  return _cached_vgg(os.path.expanduser(spec) if spec != "random" else spec,
-                     vgg16_convert.load_vgg16)
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_vgg(spec: str, loader: Callable):
-  # Tests and benchmarks build several trainers per process: load once.
-  variables = loader(spec)
+  variables = vgg16_weights.load_vgg16(
+      os.path.expanduser(spec) if spec != "random" else spec)
   params = variables.get("params", variables)
   return {"params": params, "frozen": vgg_lib.frozen_variables(params)}
 
 
-@functools.lru_cache(maxsize=8)
 def renderer(dataset: str) -> Callable:
   """`(batch, rng) -> [B, 32, 32, 3]` train images in [-1, 1], jittable.
 
-  Cached so that every trainer of a dataset shares one function object (it
-  keys the compiled-step cache).
+  A new function object per call: build it once per run (it is part of the
+  jitted step's identity).
   """
   return pipeline.device_render(dataset, "train")
 
 
-def make_input(config, *, seed: int | None = None):
+def make_input(config, *, seed: int | None = None,
+               render: Callable | None = None):
   """The grain iterator of host batches and the jittable device renderer.
 
   Each host takes its share of the global batch. The iterator repeats
@@ -403,15 +406,14 @@ def make_input(config, *, seed: int | None = None):
   seed = config.seed if seed is None else seed
   iterator = pipeline.make_train_iterator(config.dataset, config.batch_size,
                                           seed)
-  return (iterator, renderer(config.dataset),
+  return (iterator, render or renderer(config.dataset),
           pipeline.steps_per_epoch(config.dataset, config.batch_size))
 
 
 # ---------------------------------------------------------------- samples --
 
 
-@functools.lru_cache(maxsize=8)
-def _sampler(cgn: nn.Module) -> Callable:
+def make_sampler(cgn: nn.Module) -> Callable:
   """Jitted sheet sampler: 3 per class, one row per class (upstream)."""
 
   def sample(g_params, g_batch_stats, key):
@@ -431,15 +433,18 @@ def _sampler(cgn: nn.Module) -> Callable:
 
 
 def save_samples(directory, step: int, models: Models, state: TrainState,
-                 key) -> pathlib.Path:
+                 key, *, sampler: Callable | None = None,
+                 writer: common.MetricWriter | None = None) -> pathlib.Path:
   """Writes upstream's four sheets plus one combined sheet; returns it.
 
   Upstream's files are `{step}_{x_gen,mask,foreground,background}.png`
   (10 rows of 3, 64 px, min-max normalised, padding 2). The combined
-  `{step}_sheet.png` puts the four side by side on each class row.
+  `{step}_sheet.png` puts the four side by side on each class row (also
+  added to TensorBoard through `writer`). `sampler` is `make_sampler(cgn)`,
+  built once by the caller (by default a new one: one compilation).
   """
-  out = jax.device_get(_sampler(models.cgn)(state.g_params,
-                                            state.g_batch_stats, key))
+  sampler = sampler or make_sampler(models.cgn)
+  out = jax.device_get(sampler(state.g_params, state.g_batch_stats, key))
   directory = pathlib.Path(directory)
   parts = []
   for name in SHEET_PARTS:  # jax returns dicts sorted by key: fix the order
@@ -455,6 +460,9 @@ def save_samples(directory, step: int, models: Models, state: TrainState,
   sheet = directory / f"{step:07d}_sheet.png"
   common.save_image_grid(sheet, rows.reshape((-1,) + rows.shape[2:]),
                          nrow=rows.shape[1], scale=2)
+  if writer is not None and distributed.is_main_process():  # wrote it
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    writer.image("samples", step, np.asarray(Image.open(sheet)))
   return sheet
 
 
@@ -507,12 +515,61 @@ def stack_batches(iterator, k: int):
 # ----------------------------------------------------------------- driver --
 
 
-@functools.lru_cache(maxsize=16)
 def compiled_steps(models: Models, lc: LossConfig, render: Callable,
                    mesh) -> Callable:
-  """The jitted multi-step function, cached per static configuration."""
+  """The jitted multi-step function of one static configuration (new)."""
   return jit_steps(functools.partial(train_step, models=models, lc=lc,
                                      render=render), mesh)
+
+
+# Config fields that do not change the jitted programs, nor what a
+# checkpoint means: loop length, logging, checkpoint cadence, overwrite.
+RESUMABLE_FIELDS = ("num_epochs", "num_train_steps", "steps_per_call",
+                    "log_every_steps", "sample_every_steps",
+                    "ckpt_every_steps", "keep_checkpoints", "progress_bar",
+                    "overwrite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """Everything jitted for one configuration, built once (`build_programs`).
+
+  A run builds its own unless given one; tests and benchmarks that run the
+  same configuration several times in a process pass one `Programs` to all
+  of them, so the step is traced and compiled once. `key` records the
+  config it was built for; `train_and_evaluate` refuses another.
+  """
+  key: str
+  models: Models
+  lc: LossConfig
+  mesh: Any
+  render: Callable
+  tx: tuple[optax.GradientTransformation, optax.GradientTransformation]
+  init: Callable
+  steps: Callable
+  sampler: Callable
+
+
+def programs_key(config, with_vgg: bool) -> str:
+  """The config fields the jitted programs depend on, as a JSON string."""
+  record = common.run_record(
+      config, RESUMABLE_FIELDS + ("seed", "init_from", "perceptual"),
+      with_vgg=bool(with_vgg))
+  return json.dumps(record, sort_keys=True)
+
+
+def build_programs(config, *, with_vgg: bool, mesh=None) -> Programs:
+  """Builds (does not compile yet) the jitted functions of `config`."""
+  models = create_models(config, with_vgg=with_vgg)
+  lc = LossConfig.from_config(config, with_style=models.vgg is not None)
+  mesh = mesh if mesh is not None else common.make_mesh()
+  render = renderer(config.dataset)
+  return Programs(
+      key=programs_key(config, with_vgg), models=models, lc=lc, mesh=mesh,
+      render=render, tx=(make_optimizer(config), make_optimizer(config)),
+      init=make_initializer(models.cgn, models.disc, config.model.img_sz),
+      steps=compiled_steps(models, lc, render, mesh),
+      sampler=make_sampler(models.cgn))
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -521,10 +578,12 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return int(config.num_epochs) * int(steps_per_epoch)
 
 
-def _initial_state(config, models, mesh, ckpt, iterator):
+def _initial_state(config, programs, ckpt, iterator):
   """Resume order (STYLE habit 17): workdir checkpoint, init_from, scratch."""
-  state = create_train_state(config, models,
-                             jax.random.PRNGKey(config.seed))
+  mesh = programs.mesh
+  state = create_train_state(config, programs.models,
+                             jax.random.PRNGKey(config.seed),
+                             programs=programs)
   state = common.replicate(state, mesh)
   restored = ckpt.restore(state, iterator)
   if restored is not None:
@@ -532,7 +591,7 @@ def _initial_state(config, models, mesh, ckpt, iterator):
     logging.info("resuming from checkpoint step %d", int(meta["step"]))
     return state, "checkpoint"
   if config.init_from:
-    variables = cgn_convert.load_cgn(os.path.expanduser(config.init_from))
+    variables = cgn_weights.load_cgn(os.path.expanduser(config.init_from))
     state = state.replace(g_params=variables["params"],
                           g_batch_stats=variables["batch_stats"],
                           g_opt_state=state.g_tx.init(variables["params"]))
@@ -542,18 +601,22 @@ def _initial_state(config, models, mesh, ckpt, iterator):
   return state, "scratch"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       programs: Programs | None = None) -> TrainState:
   """Trains the MNIST CGN of `config`, resuming from `workdir` if possible.
 
-  Writes WORKDIR/metrics.jsonl (every `log_every_steps`: mean losses,
-  steps_per_second), WORKDIR/samples/*.png (every `sample_every_steps` and at
-  the end), WORKDIR/checkpoints/ (every `ckpt_every_steps`, at the end and
+  Writes WORKDIR/metrics.jsonl and WORKDIR/tensorboard/ (every
+  `log_every_steps`: mean losses, steps_per_second; the sample sheets),
+  WORKDIR/provenance.json (the config a checkpoint belongs to: resuming
+  with another is refused unless `overwrite`), WORKDIR/samples/*.png
+  (every `sample_every_steps` and at the end), WORKDIR/checkpoints/ (every `ckpt_every_steps`, at the end and
   on SIGTERM) and, when the run completes, WORKDIR/results.json.
 
   Args:
     config: a configs/cgn_*_mnist.py config.
     workdir: output and checkpoint directory.
+    programs: `build_programs(config, ...)` to reuse (same configuration);
+      by default built here.
 
   Returns:
     The final train state.
@@ -568,9 +631,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir.mkdir(parents=True, exist_ok=True)
   common.check_global_batch(config.batch_size)
   vgg_variables = load_vgg_variables(config.perceptual.vgg16)  # fails early
-  models = create_models(config, with_vgg=vgg_variables is not None)
-  lc = LossConfig.from_config(config, with_style=models.vgg is not None)
-  mesh = common.make_mesh()
+  with_vgg = vgg_variables is not None
+  if programs is None:
+    programs = build_programs(config, with_vgg=with_vgg)
+  elif programs.key != programs_key(config, with_vgg):
+    raise ValueError("the given Programs were built for another "
+                     "configuration; build them with build_programs(config)")
+  models, mesh = programs.models, programs.mesh
   if vgg_variables is not None and models.vgg is not None:
     vgg_variables = common.replicate(vgg_variables, mesh)
   else:
@@ -578,15 +645,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   common.write_json(workdir / "config.json", config.to_dict())
 
   # ----------------------------------------------------------------- data
-  iterator, render, steps_per_epoch = make_input(config)
+  iterator, _, steps_per_epoch = make_input(config, render=programs.render)
   num_steps = total_steps(config, steps_per_epoch)
   k_max = max(1, int(config.steps_per_call))
 
   # ------------------------------------------------------ state / restore
+  common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),
+                       overwrite=config.get("overwrite", False))
   ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  state, origin = _initial_state(config, models, mesh, ckpt, iterator)
+  state, origin = _initial_state(config, programs, ckpt, iterator)
   step = int(state.step)
-  steps_fn = compiled_steps(models, lc, render, mesh)
+  steps_fn = programs.steps
   sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**6)
   writer = common.MetricWriter(workdir)
   buffer = MetricBuffer()
@@ -631,7 +700,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                        "g_binary", "g_style")})
             t_window, s_window = now, step
         if _crossed(step, k, config.sample_every_steps) or done:
-          save_samples(workdir / "samples", step, models, state, sample_key)
+          save_samples(workdir / "samples", step, models, state, sample_key,
+                       sampler=programs.sampler, writer=writer)
         if (_crossed(step, k, config.ckpt_every_steps) or done
             or stop.requested):
           buffer.check(ckpt.directory)  # never save a non-finite state
@@ -643,6 +713,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   finally:
     bar.close()
     ckpt.close()
+    writer.close()
 
   # --------------------------------------------------------------- finish
   common.write_json(workdir / "results.json", {

@@ -10,14 +10,17 @@ after every epoch, batch 64 (shuffled, last partial batch dropped), test batch
 passes (train-mode BatchNorm, before each update), as upstream; test accuracy
 and NLL are computed on the variant's fixed real test set after every epoch.
 
-Data: the shard datasets written by generate.py (`cgn_jax.counterfactuals`),
+Data: the shard datasets written by generate.py (`cgn_jax.data.shards`),
 streamed through grain from memory-mapped `.npy` shards: a global shuffle per
 epoch (seeded, different every epoch), batches gathered per shard, images
 kept uint8 until the jitted step dequantises them on the device.
 
 Outputs in WORKDIR: results.json (per epoch: train/test accuracy and loss,
-learning rate), metrics.jsonl, checkpoints/ (state + data iterator after each
-epoch and on SIGTERM; a rerun resumes).
+learning rate), metrics.jsonl and tensorboard/ (the same scalars),
+checkpoints/ (state + data iterator after each epoch and on SIGTERM; a rerun
+resumes), provenance.json (the config and the provenance of the datasets it
+trained on: a rerun whose config or data differ is refused, naming the
+fields, unless --config.overwrite=True, which starts over).
 """
 
 import functools
@@ -34,8 +37,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from cgn_jax import counterfactuals as cf
 from cgn_jax import distributed
+from cgn_jax.counterfactuals import mnist as cf_mnist
+from cgn_jax.data import shards
 from cgn_jax.models import classifier
 from cgn_jax.train import common
 
@@ -96,7 +100,7 @@ def reset_epoch_metrics(state: TrainState) -> TrainState:
 
 def train_step(state: TrainState, batch, *, model, tx) -> TrainState:
   """One Adadelta step on a batch {'image' uint8, 'label'}."""
-  x = cf.dequantize(batch["image"])
+  x = shards.dequantize(batch["image"])
   y = batch["label"]
 
   def loss_fn(params):
@@ -120,16 +124,15 @@ def train_step(state: TrainState, batch, *, model, tx) -> TrainState:
 
 def eval_step(variables, batch, *, apply_fn: Callable):
   """(number correct, summed NLL) over the examples with weight 1."""
-  log_probs = apply_fn(variables, cf.dequantize(batch["image"]))
+  log_probs = apply_fn(variables, shards.dequantize(batch["image"]))
   y, w = batch["label"], batch["weight"]
   nll = -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
   correct = (jnp.argmax(log_probs, -1) == y) & (w > 0)
   return jnp.sum(correct.astype(jnp.int32)), jnp.sum(nll * w)
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_eval_step(apply_fn: Callable) -> Callable:
-  # Cached per apply_fn so that every epoch reuses one compilation.
+def make_eval_step(apply_fn: Callable) -> Callable:
+  """The jitted `eval_step` of `apply_fn`: build once, reuse every epoch."""
   return jax.jit(functools.partial(eval_step, apply_fn=apply_fn))
 
 
@@ -139,7 +142,8 @@ def model_apply_fn(model) -> Callable:
 
 
 def evaluate(apply_fn: Callable, variables, images: np.ndarray,
-             labels: np.ndarray, batch_size: int, mesh) -> dict:
+             labels: np.ndarray, batch_size: int, mesh, *,
+             step: Callable | None = None) -> dict:
   """Exact accuracy and mean NLL over every example.
 
   The last partial batch is padded to `batch_size` with weight-0 examples,
@@ -152,11 +156,13 @@ def evaluate(apply_fn: Callable, variables, images: np.ndarray,
     labels: int [N].
     batch_size: examples per step (a multiple of the device count).
     mesh: the data mesh.
+    step: `make_eval_step(apply_fn)`, built once by the caller that
+      evaluates repeatedly; by default a new one (one compilation).
 
   Returns:
     {'accuracy': correct / N, 'loss': mean NLL, 'correct': int, 'num': N}.
   """
-  step = _jit_eval_step(apply_fn)
+  step = step or make_eval_step(apply_fn)
   n = len(labels)
   mine = distributed.process_rows(batch_size)  # this process's rows
   correct, nll = 0, 0.0
@@ -177,6 +183,24 @@ def evaluate(apply_fn: Callable, variables, images: np.ndarray,
 # ------------------------------------------------------------------- data --
 
 
+# Fields that may change when a run resumes: loop length and logging.
+RESUMABLE_FIELDS = ("epochs", "log_every_steps", "read_threads", "prefetch",
+                    "overwrite")
+
+
+def data_provenance(config) -> dict:
+  """The provenance records of the datasets `config` trains and tests on."""
+  cf_root = pathlib.Path(config.counterfactuals or config.real_dir)
+  real_root = pathlib.Path(config.real_dir or config.counterfactuals)
+  dirs = {"test": real_root / cf_mnist.REAL_TEST_DIR}
+  if config.train_on != "real":
+    dirs["counterfactuals"] = cf_root / cf_mnist.CF_DIR
+  if config.train_on != "counterfactual":
+    dirs["real_train"] = real_root / cf_mnist.REAL_TRAIN_DIR
+  return {name: shards.read_index(d)["metadata"].get("provenance")
+          for name, d in sorted(dirs.items())}
+
+
 def load_sources(config) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
   """(train source, (test images uint8, test labels)) for `config.train_on`."""
   if config.train_on not in TRAIN_ON:
@@ -190,7 +214,7 @@ def load_sources(config) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
   fields = ("image", "label")
   parts = []
   if config.train_on != "real":
-    src = cf.ShardedSource(cf_root / cf.CF_DIR, fields)
+    src = shards.ShardedSource(cf_root / cf_mnist.CF_DIR, fields)
     variant = src.metadata.get("variant")
     if variant and variant != config.variant:
       raise ValueError(f"{cf_root} holds {variant} counterfactuals but the "
@@ -202,15 +226,15 @@ def load_sources(config) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
       src = _Prefix(src, config.num_counterfactuals)
     parts.append(src)
   if config.train_on != "counterfactual":
-    real = cf.ShardedSource(real_root / cf.REAL_TRAIN_DIR, fields)
+    real = shards.ShardedSource(real_root / cf_mnist.REAL_TRAIN_DIR, fields)
     if config.num_real:
       real = _Prefix(real, min(config.num_real, len(real)))
     parts.append(real)
-  test = cf.ShardedSource(real_root / cf.REAL_TEST_DIR, fields)
+  test = shards.ShardedSource(real_root / cf_mnist.REAL_TEST_DIR, fields)
   n_test = len(test) if not config.test_subset else min(config.test_subset,
                                                         len(test))
   test_batch = test.gather(np.arange(n_test))
-  train = parts[0] if len(parts) == 1 else cf.ConcatSource(parts)
+  train = parts[0] if len(parts) == 1 else shards.ConcatSource(parts)
   return train, (test_batch["image"], test_batch["label"])
 
 
@@ -282,7 +306,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed))
   state = common.replicate(state, mesh)
 
-  # -- restore
+  # -- restore (only a checkpoint made with this config and data)
+  common.guard_workdir(
+      workdir, common.run_record(config, RESUMABLE_FIELDS,
+                                 data=data_provenance(config)),
+      overwrite=config.get("overwrite", False))
   ckpt = common.Checkpointer(workdir)
   results = {"config": config.to_dict(), "epochs": []}
   restored = ckpt.restore(state, it)
@@ -294,6 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx),
                     donate_argnums=(0,))
   apply_fn = model_apply_fn(model)
+  eval_fn = make_eval_step(apply_fn)
   writer = common.MetricWriter(workdir)
 
   # -- loop
@@ -312,8 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         writer.write(step, m)
       if step % steps_per_epoch == 0:
         state = _end_epoch(state, step // steps_per_epoch, step, results,
-                           schedule, apply_fn, (test_images, test_labels),
-                           config, mesh, writer)
+                           schedule, (apply_fn, eval_fn),
+                           (test_images, test_labels), config, mesh, writer)
         ckpt.save(step, state, it, {"epochs": results["epochs"]})
         common.write_json(workdir / "results.json", results)
       elif stop.requested:
@@ -321,17 +350,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         logging.warning("stopped at step %d; rerun to resume", step)
         break
   ckpt.close()
+  writer.close()
   common.write_json(workdir / "results.json", results)
   return results
 
 
-def _end_epoch(state, epoch, step, results, schedule, apply_fn, test, config,
+def _end_epoch(state, epoch, step, results, schedule, fns, test, config,
                mesh, writer) -> TrainState:
   """Logs the epoch's train metrics and the test set; resets the counters."""
   seen = int(state.seen)
+  apply_fn, eval_fn = fns
   test_m = evaluate(apply_fn, {"params": state.params,
                                "batch_stats": state.batch_stats},
-                    test[0], test[1], config.test_batch_size, mesh)
+                    test[0], test[1], config.test_batch_size, mesh,
+                    step=eval_fn)
   record = {"epoch": epoch, "step": step,
             "lr": float(schedule(step - 1)),
             "train_accuracy": int(state.correct) / seen,

@@ -8,7 +8,12 @@ trainer resumes, logs and stops the same way:
 * orbax checkpoints of the whole train state plus the grain iterator state,
   written atomically (orbax finalises a step directory only when complete)
   and restored automatically from the workdir;
-* metrics as JSON lines, with a non-finite check that names the step;
+* metrics as JSON lines (WORKDIR/metrics.jsonl) and TensorBoard event files
+  (WORKDIR/tensorboard/, written with tensorboardX, no TensorFlow), through
+  one `MetricWriter`, with a non-finite check that names the step;
+* provenance: `guard_workdir` refuses to resume a checkpoint made with
+  another config or other data (WORKDIR/provenance.json), or starts over
+  when the config says `overwrite`;
 * SIGTERM: finish the current step, save, exit cleanly.
 """
 
@@ -16,8 +21,9 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from absl import logging
 import jax
@@ -26,8 +32,10 @@ import orbax.checkpoint as ocp
 from PIL import Image
 
 from cgn_jax import distributed
+from cgn_jax import provenance
 
 P = jax.sharding.PartitionSpec
+TENSORBOARD_DIR = "tensorboard"  # WORKDIR/tensorboard: the event files
 
 
 # ---------------------------------------------------------------- sharding --
@@ -169,11 +177,30 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class MetricWriter:
-  """Appends one JSON object per logged step to WORKDIR/metrics.jsonl."""
+  """Logs scalars (and images) where researchers look.
 
-  def __init__(self, workdir):
+  Every `write(step, metrics)` appends one JSON object to
+  WORKDIR/metrics.jsonl and adds each value as a TensorBoard scalar to the
+  event file in WORKDIR/tensorboard/ (`tensorboard --logdir WORKDIR`).
+  `image(tag, step, image)` adds an image (e.g. a sample sheet) to the
+  event file. Only process 0 writes TensorBoard events; without tensorboardX
+  installed only metrics.jsonl is written (with a warning). Trainers call
+  `close()` at the end (also a context manager).
+  """
+
+  def __init__(self, workdir, *, tensorboard: bool = True):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.tb_dir = pathlib.Path(workdir) / TENSORBOARD_DIR
+    self._tb = None
+    if tensorboard and jax.process_index() == 0:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        logging.warning("tensorboardX is not installed: metrics go to %s "
+                        "only (pip install tensorboardX)", self.path)
+      else:
+        self._tb = SummaryWriter(logdir=str(self.tb_dir), flush_secs=30)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not distributed.is_main_process():
@@ -182,6 +209,32 @@ class MetricWriter:
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step":
+          self._tb.add_scalar(k, v, int(step))
+
+  def image(self, tag: str, step: int, image) -> None:
+    """Adds an [H, W, 3] image (uint8, or float in [0, 1]) to TensorBoard."""
+    if self._tb is not None:
+      self._tb.add_image(tag, np.asarray(image), int(step),
+                         dataformats="HWC")
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
 
 
 def check_finite(step: int, metrics: Mapping[str, Any],
@@ -206,6 +259,57 @@ def write_json(path, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
   os.replace(tmp, path)
+
+
+# --------------------------------------------------------------- provenance --
+
+
+def has_checkpoint(workdir) -> bool:
+  """Whether WORKDIR/checkpoints holds a step (without opening orbax)."""
+  d = pathlib.Path(workdir) / "checkpoints"
+  return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def run_record(config, ignore: Iterable[str] = (), **extra) -> dict:
+  """A trainer's provenance record: its config minus the fields that may
+  change on resume (`ignore`: loop lengths, logging), plus `extra` (e.g.
+  the provenance of its input data)."""
+  cfg = {k: v for k, v in config.to_dict().items() if k not in set(ignore)}
+  return provenance.normalise(dict(config=cfg, **extra))
+
+
+def guard_workdir(workdir, record: Mapping[str, Any], *,
+                  overwrite: bool = False) -> None:
+  """Before a trainer restores: refuse a checkpoint made differently.
+
+  If WORKDIR holds a checkpoint, its WORKDIR/provenance.json must equal
+  `record` (then training resumes), else `provenance.ProvenanceMismatch`
+  names the differing fields; with `overwrite` the checkpoints, metrics and
+  TensorBoard events of that other run are deleted instead and training
+  starts over. Then `record` is written.
+  """
+  workdir = pathlib.Path(workdir)
+  if has_checkpoint(workdir):
+    try:
+      provenance.check(
+          provenance.read(workdir), record,
+          what=f"the checkpoint in {workdir / 'checkpoints'}",
+          fix="rerun with --config.overwrite=True to start over, or use "
+          "another --workdir")
+    except provenance.ProvenanceMismatch as e:
+      if not overwrite:
+        raise
+      logging.warning("overwrite: deleting the checkpoints and logs in %s "
+                      "(%s)", workdir, e)
+      if distributed.is_main_process():
+        for name in ("checkpoints", TENSORBOARD_DIR):
+          shutil.rmtree(workdir / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "results.json"):
+          (workdir / name).unlink(missing_ok=True)
+  if distributed.is_main_process():
+    provenance.write(workdir, record)
+  # Nobody opens the checkpoints before process 0 has cleaned them.
+  distributed.sync("cgn_jax.guard_workdir")
 
 
 # ----------------------------------------------------------------- signals --
