@@ -10,6 +10,11 @@ already in DIR is kept only when its `provenance` (the CGN's weights sha256,
 num, cfs_per_shape, seed, ...) matches this config; a mismatch is an error
 naming the field, and --config.overwrite=True regenerates instead.
 
+Several processes: the flags of train.py (`--coordinator`,
+`--num_processes`, `--process_id`, or srun/mpirun); each process generates
+a contiguous share into DIR/counterfactuals/part-P/ and one index lists all
+shards (DIR must be on a filesystem every process sees).
+
 Errors print one line (`--verbose` for the traceback); see cgn_jax/cli.py.
 """
 

@@ -395,12 +395,15 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   a sharding that spans processes either fails (committed arrays) or builds
   an array orbax cannot save (uncommitted ones). Leaves go through host
   memory instead; leaves already replicated on `mesh` are kept as they are.
-  Every process must pass the same values (e.g. the same seed's init).
+  Every process must pass the same values (e.g. the same seed's init). On
+  one process this is that device_put.
   """
   sharding = jax.sharding.NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
   leaves, treedef = jax.tree.flatten(tree)
   todo = [i for i, x in enumerate(leaves)
-          if not (isinstance(x, jax.Array)
+          if not (isinstance(x, jax.Array) and not x.is_fully_addressable
                   and x.sharding.is_equivalent_to(sharding, x.ndim))]
   if todo:
     # One jitted identity for all leaves: per-leaf device_puts to a
