@@ -378,8 +378,10 @@ def only_main_wrote(results) -> None:
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_cgn_mnist_two_processes_match_one_and_resume(tmp_path, mnist_dir):
-  del mnist_dir  # sets CGN_MNIST_DIR for the children
+def test_cgn_mnist_two_processes_match_one_and_resume(tmp_path, tfds_dir):
+  # The children inherit CGN_MNIST_DIR and CGN_TFDS_DIR, prepared once here:
+  # two processes never build the TFDS dataset at the same time.
+  del tfds_dir
   argv = ["train.py", "--config=configs/cgn_colored_mnist.py:smoke",
           "--config.perceptual.vgg16=none", "--config.ckpt_every_steps=1",
           "--config.sample_every_steps=1"]
