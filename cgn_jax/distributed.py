@@ -328,6 +328,15 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is True on any process (a collective: all must call)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags_ = multihost_utils.process_allgather(np.asarray([flag], np.int32))
+  return bool(np.any(flags_))
+
+
 # --------------------------------------------------------------------- data --
 
 

@@ -504,3 +504,46 @@ def test_counterfactuals_split_by_process_into_one_dataset(tmp_path):
   assert {f.split("/")[0] for f in files} == {"part-00000", "part-00001"}
   assert two.index["metadata"]["processes"] == 2
   assert not (tmp_path / "two.parts").exists()
+
+
+# ------------------------------------------------------------------ SIGTERM --
+
+_SIGTERM = textwrap.dedent("""
+    import json, os, signal
+    import jax, jax.numpy as jnp, numpy as np
+    from cgn_jax import cli, distributed
+    from cgn_jax.train import common
+
+    def main(argv):
+      mesh = distributed.data_mesh()
+      rows = jax.sharding.NamedSharding(mesh, distributed.P("data"))
+      step_fn = jax.jit(jnp.sum)
+      with common.StopSignal() as stop:
+        for step in range(1, 50):
+          step_fn(distributed.global_batch(np.ones(2, np.float32), rows))
+          if jax.process_index() == 1 and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # only process 1 is told
+          if stop.requested:
+            break
+      print(json.dumps({"stopped_at": step}))
+
+    cli.run_absl_app(main)
+""")
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+  script = tmp_path / "sigterm.py"
+  script.write_text(_SIGTERM)
+  results = launch([str(script)], 2, 1, timeout=120)
+  check_ok(results)
+  assert [last_json(r)["stopped_at"] for r in results] == [3, 3]
+
+
+def test_sigterm_on_one_process_is_a_flag():
+  import signal  # pylint: disable=g-import-not-at-top
+  from cgn_jax.train import common  # pylint: disable=g-import-not-at-top
+  with common.StopSignal() as stop:
+    assert not stop.requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)
+    assert stop.requested

@@ -316,17 +316,29 @@ def guard_workdir(workdir, record: Mapping[str, Any], *,
 
 
 class StopSignal:
-  """Turns SIGTERM into a flag the training loop polls between steps."""
+  """Turns SIGTERM into a flag the training loop polls between steps.
+
+  With several processes, reading `requested` is a collective (every
+  process reads it at the same points of the same loop): it is True on all
+  of them as soon as any one got the signal, so they all save the same step
+  and stop together instead of one waiting for the others in a collective.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._got = False
     self._previous = None
+
+  @property
+  def requested(self) -> bool:
+    if distributed.is_multi_process():
+      return distributed.any_process(self._got)
+    return self._got
 
   def __enter__(self):
     def handler(signum, frame):
       del frame
       logging.warning("signal %d: saving a checkpoint and stopping", signum)
-      self.requested = True
+      self._got = True
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: no signal handling
