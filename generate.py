@@ -13,6 +13,12 @@ naming the field, and --config.overwrite=True regenerates instead.
 ImageNet (SPEC §5): `--config=configs/counterfactuals_imagenet.py
 --config.cgn=WEIGHTS --config.num=N` (see that config).
 
+Several processes (MNIST): the flags of train.py (`--coordinator`,
+`--num_processes`, `--process_id`, or srun/mpirun); each process generates
+a contiguous share into DIR/counterfactuals/part-P/ and one index lists all
+shards (DIR must be on a filesystem every process sees). ImageNet
+generation runs on one process (its devices are all used).
+
 Errors print one line (`--verbose` for the traceback); see cgn_jax/cli.py.
 """
 

@@ -9,6 +9,10 @@ already holds a checkpoint is resumed (the checkpoint must come from the
 same config: `provenance.json` in the workdir says which; a mismatch is an
 error unless --config.overwrite=True starts over).
 
+Several processes (hosts): the same command on each, plus
+`--coordinator=HOST0:PORT --num_processes=N --process_id=I` (or under srun
+or mpirun, which need none of them); see cgn_jax/distributed.py.
+
 Errors print one line (`--verbose` for the traceback); on a CPU backend the
 CPU defaults of cgn_jax/platform.py are applied first (`--no-cpu-defaults`
 or CGN_JAX_CPU_DEFAULTS=0 to skip them). Both are handled by cgn_jax.cli.

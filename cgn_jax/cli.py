@@ -11,6 +11,11 @@ converters`, `python -m cgn_jax.sample`) run through `run_absl_app`,
 * with `cpu_defaults=True`, `platform.apply_cpu_defaults()` runs before
   anything initialises a JAX backend, unless `--no-cpu-defaults` is given
   (see cgn_jax/platform.py for when it applies).
+* then `distributed.initialize()` joins the other processes of a
+  multi-process run (`--coordinator=HOST:PORT --num_processes=N
+  --process_id=I`, their JAX_* variables, or srun/mpirun) and does nothing
+  on one process; an error in any process stops all of them, each saying
+  which process failed (see cgn_jax/distributed.py).
 
 `--verbose` and `--no-cpu-defaults` are taken out of argv here, before the
 entry point's own parser sees it.
@@ -47,10 +52,24 @@ def one_line(error: BaseException) -> str:
 
 
 def fail(prog: str, error: BaseException) -> None:
-  """Prints `error` as one line on stderr and exits with status 1."""
-  print(f"{prog}: error: {one_line(error)} ({VERBOSE} for the traceback)",
-        file=sys.stderr, flush=True)
+  """Prints `error` as one line on stderr and exits with status 1.
+
+  In a multi-process run the other processes stop too (they would wait in
+  their next collective for this one), each printing this message.
+  """
+  line = f"{prog}: error: {one_line(error)}"
+  print(f"{line} ({VERBOSE} for the traceback)", file=sys.stderr, flush=True)
+  if "jax" in sys.modules:
+    from cgn_jax import distributed  # pylint: disable=g-import-not-at-top
+    if distributed.is_multi_process():
+      distributed.report_failure(
+          f"process {distributed.process_index()} failed: {line}")
   raise SystemExit(1)
+
+
+def _initialize_distributed(**explicit) -> None:
+  from cgn_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(**explicit)
 
 
 def _apply_cpu_defaults(enabled: bool, *, say: bool = False) -> None:
@@ -63,18 +82,29 @@ def _apply_cpu_defaults(enabled: bool, *, say: bool = False) -> None:
 
 
 def run_main(main: Callable[[list[str]], int | None], argv=None, *,
-             prog: str | None = None, cpu_defaults: bool = True) -> int:
+             prog: str | None = None, cpu_defaults: bool = True,
+             multi_process: bool = True) -> int:
   """Runs an argparse-style `main(argv) -> int` with the shared behaviour.
+
+  `--coordinator=`, `--num_processes=`, `--process_id=` and
+  `--distributed` are taken out of argv for `distributed.initialize` (with
+  `multi_process`; tools that never compute across processes pass False).
 
   Returns:
     main's exit status (0 when it returns None); errors exit via `fail`.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
   argv, verbose, cpu = pop_switches(argv)
+  explicit = {}
+  if multi_process:
+    from cgn_jax import distributed  # pylint: disable=g-import-not-at-top
+    argv, explicit = distributed.pop_args(argv)
   prog = prog or os.path.basename(sys.argv[0])
   if cpu_defaults:
     _apply_cpu_defaults(cpu, say=True)
   try:
+    if multi_process:
+      _initialize_distributed(**explicit)
     return main(argv) or 0
   except Exception as e:  # pylint: disable=broad-except
     if verbose:
@@ -98,6 +128,8 @@ def run_absl_app(main: Callable, argv=None, *,
   prog = os.path.basename(argv[0])
   sys.argv = argv  # config_flags reads its overrides from sys.argv
   app.define_help_flags()
+  from cgn_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.define_flags()
   try:
     remaining = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
@@ -109,6 +141,7 @@ def run_absl_app(main: Callable, argv=None, *,
     if cpu_defaults:
       _apply_cpu_defaults(cpu)
     try:
+      distributed.initialize_from_flags()
       return main(args)
     except app.UsageError:
       raise
@@ -147,4 +180,5 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]],
     args = parser.parse_args(argv)
     return importlib.import_module(commands[args.command][0]).run(args)
 
-  return run_main(main, argv, prog=prog, cpu_defaults=cpu_defaults)
+  return run_main(main, argv, prog=prog, cpu_defaults=cpu_defaults,
+                  multi_process=False)

@@ -32,14 +32,18 @@ record matches the config, and otherwise refuses, naming the fields, unless
 `overwrite`.
 """
 
+import json
 import math
+import os
 import pathlib
+import shutil
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgn_jax import distributed
 from cgn_jax import provenance
 from cgn_jax import weights
 from cgn_jax.data import shards
@@ -194,9 +198,14 @@ def generate(variables, model: cgn_lib.CGN, *, num: int, cfs_per_shape: int,
              seed: int = 0, shapes_per_block: int = 1000,
              blocks_per_call: int = 1, fast: bool = True,
              progress: bool = True,
-             generator: Generator | None = None
+             generator: Generator | None = None,
+             process_index: int = 0, process_count: int = 1
              ) -> Iterable[dict[str, np.ndarray]]:
   """Yields host batches of counterfactuals until `dataset_size(num)` images.
+
+  With `process_count` > 1 it yields only process `process_index`'s share:
+  a contiguous run of the calls (blocks are keyed by their index, so the
+  shares of all processes, in process order, are the one-process output).
 
   The next call is dispatched before the previous result is copied to the
   host, so device work overlaps with the caller writing shards.
@@ -234,25 +243,34 @@ def generate(variables, model: cgn_lib.CGN, *, num: int, cfs_per_shape: int,
   fn, blocks_per_call = generator, generator.blocks_per_call
   per_call = per_block * blocks_per_call
   calls = math.ceil(total / per_call)
+  first, last = _share(calls, process_index, process_count)
+  if first == last:
+    return
   key = jax.random.PRNGKey(seed)
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=total, unit="img", desc="counterfactuals")
-  pending = fn(variables, key, 0)
-  done = 0
-  for i in range(calls):
+    bar = tqdm(total=min(last * per_call, total) - first * per_call,
+               unit="img", desc="counterfactuals")
+  pending = fn(variables, key, first * blocks_per_call)
+  for i in range(first, last):
     current = pending
-    if i + 1 < calls:  # async dispatch: the device starts the next call now
+    if i + 1 < last:  # async dispatch: the device starts the next call now
       pending = fn(variables, key, (i + 1) * blocks_per_call)
     batch = jax.device_get(current)
-    take = min(per_call, total - done)
+    take = min(per_call, total - i * per_call)
     yield {k: v[:take] for k, v in batch.items()}
-    done += take
     if bar is not None:
       bar.update(take)
   if bar is not None:
     bar.close()
+
+
+def _share(calls: int, p: int, n: int) -> tuple[int, int]:
+  """Process p's contiguous calls [first, last) of `calls` over n."""
+  if not 0 <= p < n:
+    raise ValueError(f"process_index {p} is not in [0, {n})")
+  return calls * p // n, calls * (p + 1) // n
 
 
 def cf_provenance(variables, model: cgn_lib.CGN, *, variant: str, num: int,
@@ -297,14 +315,70 @@ def write_counterfactuals(directory, variables, model: cgn_lib.CGN, *,
               cfs_per_shape=int(cfs_per_shape), seed=int(seed),
               shapes_per_block=int(shapes_per_block), group=GROUP,
               kind="counterfactual", provenance=record)
-  with shards.ShardWriter(directory, shard_size, meta, overwrite) as w:
-    for batch in generate(variables, model, num=num,
-                          cfs_per_shape=cfs_per_shape, seed=seed,
-                          shapes_per_block=shapes_per_block,
-                          blocks_per_call=blocks_per_call, fast=fast,
-                          progress=progress, generator=generator):
+  kw = dict(num=num, cfs_per_shape=cfs_per_shape, seed=seed,
+            shapes_per_block=shapes_per_block,
+            blocks_per_call=blocks_per_call, fast=fast, generator=generator)
+  if not distributed.is_multi_process():
+    with shards.ShardWriter(directory, shard_size, meta, overwrite) as w:
+      for batch in generate(variables, model, progress=progress, **kw):
+        w.write(batch)
+    return pathlib.Path(directory)
+  return _write_parts(directory, variables, model, shard_size=shard_size,
+                      meta=meta, overwrite=overwrite, progress=progress, **kw)
+
+
+def _write_parts(directory, variables, model, *, shard_size, meta, overwrite,
+                 progress, **kw) -> pathlib.Path:
+  """Multi-process generation: disjoint shards per process, one index.
+
+  Process p generates its contiguous share (`generate`) into
+  DIR.parts/part-p/ (a complete shard set of its own); process 0 then
+  writes one index.json over all parts' shards, in process order, and
+  renames DIR.parts to DIR. The result reads as the one-process dataset
+  (same images in the same order; only the shard boundaries differ). DIR
+  must be on a filesystem every process sees.
+  """
+  directory = pathlib.Path(directory)
+  if directory.exists() and not overwrite:
+    raise FileExistsError(
+        f"{directory} already exists; delete it or pass overwrite")
+  p, n = jax.process_index(), jax.process_count()
+  parts = directory.with_name(directory.name + ".parts")
+  if p == 0:
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+  distributed.sync("cgn_jax.counterfactuals.parts_created")
+  with shards.ShardWriter(parts / f"part-{p:05d}", shard_size, meta) as w:
+    for batch in generate(variables, model, progress=progress and p == 0,
+                          process_index=p, process_count=n, **kw):
       w.write(batch)
-  return pathlib.Path(directory)
+  distributed.sync("cgn_jax.counterfactuals.parts_written")
+  if p == 0:
+    _join_parts(parts, directory, n, shard_size, meta)
+  distributed.sync("cgn_jax.counterfactuals.joined")
+  return directory
+
+
+def _join_parts(parts: pathlib.Path, directory: pathlib.Path, n: int,
+                shard_size: int, meta) -> None:
+  """One index over parts/part-*/ shards, then parts renamed to directory."""
+  fields, entries, num = {}, [], 0
+  for p in range(n):
+    index = shards.read_index(parts / f"part-{p:05d}")
+    fields = fields or index["fields"]
+    for shard in index["shards"]:
+      entries.append({"num": shard["num"], "files": {
+          k: f"part-{p:05d}/{v}" for k, v in shard["files"].items()}})
+      num += shard["num"]
+  index = {"format": shards.FORMAT, "num": num, "shard_size": shard_size,
+           "fields": fields, "shards": entries,
+           "image_encoding": shards.IMAGE_ENCODING,
+           "metadata": dict(meta, processes=n)}
+  with open(parts / shards.INDEX, "w") as f:
+    json.dump(index, f, indent=1, sort_keys=True)
+  if directory.exists():
+    shutil.rmtree(directory)
+  os.replace(parts, directory)
 
 
 _OVERWRITE_FIX = ("rerun with --config.overwrite=True to regenerate it, or "
@@ -456,10 +530,14 @@ def run_config(config, workdir) -> dict[str, pathlib.Path]:
                       cgn_metadata=dict(metadata or {}),
                       dtype=config.dtype))
   if config.write_real:
-    out["real_train"], out["real_test"] = write_real_sets(
-        workdir, config.variant, seed=config.real_seed,
-        shard_size=config.shard_size, num_train=config.num_real,
-        overwrite=config.overwrite)
+    # Small (the real MNIST split): process 0 writes them, the others wait.
+    if distributed.is_main_process():
+      write_real_sets(workdir, config.variant, seed=config.real_seed,
+                      shard_size=config.shard_size,
+                      num_train=config.num_real, overwrite=config.overwrite)
+    distributed.sync("cgn_jax.counterfactuals.real_sets")
+    out["real_train"] = workdir / REAL_TRAIN_DIR
+    out["real_test"] = workdir / REAL_TEST_DIR
   src = shards.ShardedSource(out["counterfactuals"], fields=("image",))
   preview = shards.dequantize(
       src.gather(np.arange(min(100, len(src))))["image"])

@@ -36,6 +36,7 @@ import sys
 import time
 
 from cgn_jax import cli
+from cgn_jax import distributed
 from cgn_jax.train import common
 
 VARIANTS = ("colored", "double_colored", "wildlife")
@@ -194,8 +195,9 @@ def main(argv=None) -> int:
     print(f"interrupted: {e}", file=sys.stderr)
     return 143  # 128 + SIGTERM, as a shell reports a terminated job
   markdown, rows = make_table(results, args)
-  print(markdown)
-  (workdir / "mnist_table.md").write_text(markdown)
+  if distributed.is_main_process():  # several processes: one table
+    print(markdown)
+    (workdir / "mnist_table.md").write_text(markdown)
   common.write_json(workdir / "mnist_table.json",
                     {"args": vars(args), "rows": rows, "results": results})
   return 0

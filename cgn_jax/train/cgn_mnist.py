@@ -47,6 +47,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import distributed
 from cgn_jax import losses
 from cgn_jax.data import pipeline
 from cgn_jax.models import cgn as cgn_lib
@@ -459,7 +460,7 @@ def save_samples(directory, step: int, models: Models, state: TrainState,
   sheet = directory / f"{step:07d}_sheet.png"
   common.save_image_grid(sheet, rows.reshape((-1,) + rows.shape[2:]),
                          nrow=rows.shape[1], scale=2)
-  if writer is not None:
+  if writer is not None and distributed.is_main_process():  # wrote it
     from PIL import Image  # pylint: disable=g-import-not-at-top
     writer.image("samples", step, np.asarray(Image.open(sheet)))
   return sheet
@@ -583,7 +584,7 @@ def _initial_state(config, programs, ckpt, iterator):
   state = create_train_state(config, programs.models,
                              jax.random.PRNGKey(config.seed),
                              programs=programs)
-  state = jax.device_put(state, common.replicated(mesh))
+  state = common.replicate(state, mesh)
   restored = ckpt.restore(state, iterator)
   if restored is not None:
     state, meta = restored
@@ -595,7 +596,7 @@ def _initial_state(config, programs, ckpt, iterator):
                           g_batch_stats=variables["batch_stats"],
                           g_opt_state=state.g_tx.init(variables["params"]))
     logging.info("generator initialised from %s", config.init_from)
-    return jax.device_put(state, common.replicated(mesh)), "init_from"
+    return common.replicate(state, mesh), "init_from"
   logging.info("training from scratch")
   return state, "scratch"
 
@@ -638,7 +639,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      "configuration; build them with build_programs(config)")
   models, mesh = programs.models, programs.mesh
   if vgg_variables is not None and models.vgg is not None:
-    vgg_variables = jax.device_put(vgg_variables, common.replicated(mesh))
+    vgg_variables = common.replicate(vgg_variables, mesh)
   else:
     vgg_variables = None
   common.write_json(workdir / "config.json", config.to_dict())
@@ -668,7 +669,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
-             disable=not config.progress_bar)
+             disable=not config.progress_bar
+             or not distributed.is_main_process())
   start, t_window, s_window = time.time(), time.time(), step
   first_call, last = True, None
   try:

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import distributed
 from cgn_jax.counterfactuals import mnist as cf_mnist
 from cgn_jax.data import shards
 from cgn_jax.models import classifier
@@ -163,6 +164,7 @@ def evaluate(apply_fn: Callable, variables, images: np.ndarray,
   """
   step = step or make_eval_step(apply_fn)
   n = len(labels)
+  mine = distributed.process_rows(batch_size)  # this process's rows
   correct, nll = 0, 0.0
   for i in range(0, n, batch_size):
     img, lab = images[i:i + batch_size], labels[i:i + batch_size]
@@ -170,6 +172,7 @@ def evaluate(apply_fn: Callable, variables, images: np.ndarray,
     batch = {"image": np.pad(img, ((0, pad),) + ((0, 0),) * (img.ndim - 1)),
              "label": np.pad(np.asarray(lab, np.int32), (0, pad)),
              "weight": np.pad(np.ones(len(lab), np.float32), (0, pad))}
+    batch = jax.tree.map(lambda x: x[mine], batch)
     c, l = step(variables, common.shard_batch(batch, mesh))
     correct += int(c)
     nll += float(l)
@@ -249,15 +252,21 @@ class _Prefix:
 
 
 def make_train_iterator(source, batch_size: int, epochs: int, seed: int,
-                        threads: int = 2, prefetch: int = 8):
+                        threads: int = 2, prefetch: int = 8, *,
+                        process_index: int | None = None,
+                        process_count: int | None = None):
   """A checkpointable grain iterator over `epochs` shuffled epochs.
 
   Each epoch is a fresh seeded permutation (grain reseeds `shuffle` per
   repetition); batches never straddle epochs and the remainder is dropped.
+  `batch_size` is the global batch: every process draws the same index
+  batches and gathers only its rows of each (`distributed.process_rows`),
+  so no example is read twice and the global batch is the one-process one.
   """
+  mine = distributed.process_rows(batch_size, process_index, process_count)
   ds = (grain.MapDataset.range(len(source)).shuffle(seed=seed)
         .batch(batch_size, drop_remainder=True).repeat(epochs)
-        .map(source.gather))
+        .map(lambda idx: source.gather(idx[mine])))
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=threads, prefetch_buffer_size=prefetch)))
 
@@ -295,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   tx = make_optimizer(config, steps_per_epoch)
   schedule = lr_schedule(config, steps_per_epoch)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed))
-  state = jax.device_put(state, common.replicated(mesh))
+  state = common.replicate(state, mesh)
 
   # -- restore (only a checkpoint made with this config and data)
   common.guard_workdir(
@@ -367,4 +376,4 @@ def _end_epoch(state, epoch, step, results, schedule, fns, test, config,
   logging.info("epoch %d: train acc %.4f, test acc %.4f (loss %.4f)", epoch,
                record["train_accuracy"], record["test_accuracy"],
                record["test_loss"])
-  return jax.device_put(reset_epoch_metrics(state), common.replicated(mesh))
+  return common.replicate(reset_epoch_metrics(state), mesh)

@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
 
+from cgn_jax import distributed
 from cgn_jax import provenance
 
 P = jax.sharding.PartitionSpec
@@ -41,9 +42,12 @@ TENSORBOARD_DIR = "tensorboard"  # WORKDIR/tensorboard: the event files
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A one-axis mesh named 'data' over every device (all hosts)."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  """A one-axis mesh named 'data' over every device (all hosts).
+
+  Process-major (`distributed.data_mesh`): process p's devices hold rows
+  [p*b, (p+1)*b) of every batch, the rows its pipeline reads.
+  """
+  return distributed.data_mesh()
 
 
 def batch_sharding(mesh) -> jax.sharding.NamedSharding:
@@ -55,16 +59,18 @@ def replicated(mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, P())
 
 
+def replicate(tree, mesh):
+  """`tree` on every device of every process (`distributed.replicate`)."""
+  return distributed.replicate(tree, mesh)
+
+
 def shard_batch(batch, mesh):
   """Host-local numpy batch -> global jax arrays sharded on the batch axis.
 
   Each process passes its own shard of the global batch (the grain pipeline
   already takes `process_index`'s share).
   """
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      batch)
+  return distributed.global_batch(batch, batch_sharding(mesh))
 
 
 def check_global_batch(batch_size: int) -> None:
@@ -128,6 +134,7 @@ class Checkpointer:
     args = {"state": ocp.args.StandardRestore(abstract),
             "meta": ocp.args.JsonRestore()}
     if data_iterator is not None:
+      check_process_count(self.directory / str(step) / "data")
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
@@ -142,6 +149,24 @@ class Checkpointer:
 
   def close(self):
     self._mngr.close()
+
+
+def check_process_count(data_dir) -> None:
+  """The iterator states in `data_dir` must be one per process of this run.
+
+  grain saves one position per process (`process_I-of-N.json`): each
+  process reads its own rows of every global batch, so a checkpoint resumes
+  only with the same number of processes.
+  """
+  data_dir = pathlib.Path(data_dir)
+  counts = {p.stem.rsplit("-of-", 1)[-1]
+            for p in data_dir.glob("process_*-of-*.json")}
+  if counts and counts != {str(jax.process_count())}:
+    raise ValueError(
+        f"{data_dir.parent} was written by {'/'.join(sorted(counts))} "
+        f"processes but this run has {jax.process_count()}: resume it with "
+        "the same number of processes (each saved its own data position), "
+        "or start a fresh --workdir")
 
 
 # ------------------------------------------------------------------ metrics --
@@ -178,6 +203,8 @@ class MetricWriter:
         self._tb = SummaryWriter(logdir=str(self.tb_dir), flush_secs=30)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not distributed.is_main_process():
+      return  # one log per run, written by process 0
     record = {"step": int(step)}
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
@@ -223,7 +250,9 @@ def check_finite(step: int, metrics: Mapping[str, Any],
 
 
 def write_json(path, obj) -> None:
-  """Writes JSON atomically (temporary file + rename)."""
+  """Writes JSON atomically (temporary file + rename), on process 0 only."""
+  if not distributed.is_main_process():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + ".tmp")
@@ -272,28 +301,44 @@ def guard_workdir(workdir, record: Mapping[str, Any], *,
         raise
       logging.warning("overwrite: deleting the checkpoints and logs in %s "
                       "(%s)", workdir, e)
-      for name in ("checkpoints", TENSORBOARD_DIR):
-        shutil.rmtree(workdir / name, ignore_errors=True)
-      for name in ("metrics.jsonl", "results.json"):
-        (workdir / name).unlink(missing_ok=True)
-  provenance.write(workdir, record)
+      if distributed.is_main_process():
+        for name in ("checkpoints", TENSORBOARD_DIR):
+          shutil.rmtree(workdir / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "results.json"):
+          (workdir / name).unlink(missing_ok=True)
+  if distributed.is_main_process():
+    provenance.write(workdir, record)
+  # Nobody opens the checkpoints before process 0 has cleaned them.
+  distributed.sync("cgn_jax.guard_workdir")
 
 
 # ----------------------------------------------------------------- signals --
 
 
 class StopSignal:
-  """Turns SIGTERM into a flag the training loop polls between steps."""
+  """Turns SIGTERM into a flag the training loop polls between steps.
+
+  With several processes, reading `requested` is a collective (every
+  process reads it at the same points of the same loop): it is True on all
+  of them as soon as any one got the signal, so they all save the same step
+  and stop together instead of one waiting for the others in a collective.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._got = False
     self._previous = None
+
+  @property
+  def requested(self) -> bool:
+    if distributed.is_multi_process():
+      return distributed.any_process(self._got)
+    return self._got
 
   def __enter__(self):
     def handler(signum, frame):
       del frame
       logging.warning("signal %d: saving a checkpoint and stopping", signum)
-      self.requested = True
+      self._got = True
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: no signal handling
@@ -339,5 +384,7 @@ def save_image_grid(path, images, nrow: int, *, normalize: str = "range",
     r, col = divmod(i, nrow)
     y0, x0 = padding + r * (h + padding), padding + col * (w + padding)
     grid[y0:y0 + h, x0:x0 + w] = x[i]
+  if not distributed.is_main_process():
+    return  # every process computes the sheet; process 0 writes it
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(path)
