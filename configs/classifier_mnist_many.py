@@ -8,8 +8,8 @@ ARG: everything `configs/classifier_mnist.py` takes (variant, `real`,
 `seeds=K`: the models use seeds S, S+1, ..., S+K-1 (default 3). Each model is
 the single-model run of its seed (cgn_jax/train/classifier_mnist_many.py);
 `--config.seeds='(0, 5, 7)'` picks any seeds. `steps_per_call` fuses that
-many steps into one `lax.scan` (1 on CPU; 50-100 on a GPU, where a
-64-image step is dominated by its launch).
+many steps into one `lax.scan` (keep 1 on CPU, where a convolution inside a loop body is
+~40x slower; 50-100 on a GPU, where a 64-image step is launch-bound).
 """
 
 from configs import classifier_mnist

@@ -1,14 +1,20 @@
 """Paper Table 2 (MNIST) with one command: generate, train, tabulate.
 
   python -m cgn_jax.experiments.mnist_table --cgn-dir CGN_DIR \
-      --workdir DIR [--num 1000000] [--epochs 10]
+      --workdir DIR [--num 1000000] [--epochs 10] [--seeds 3] \
+      [--settings cf_only,cf_real] [--steps-per-call 100]
 
 For each variant (colored, double_colored, wildlife) this generates a
 counterfactual dataset with the variant's CGN (`generate.py`), trains the
 invariant classifier on the counterfactuals alone (the upstream code) and on
 counterfactuals + the real training images ("Original + CGN" as [RR] ran
 it), and prints a markdown table of the final-epoch train/test accuracies
-next to the paper's and the reproduction's numbers (SPEC §8.1, §8.2). The
+next to the paper's and the reproduction's numbers (SPEC §8.1, §8.2); each
+of our rows names N, counterfactuals per shape, epochs, seeds and the
+machine. With --seeds K > 1 every setting trains K classifiers (seeds
+--seed..--seed+K-1) as one vmapped program
+(cgn_jax/train/classifier_mnist_many.py, DIR/<variant>/<setting>/seed_<s>/)
+and the table shows mean ± std (ddof 1) over them. The
 table is saved as DIR/mnist_table.md and DIR/mnist_table.json. Finished
 stages are reused when the command is rerun with the same DIR, but only if
 they were made with the same CGN (weights sha256), --num, --cfs-per-shape,
