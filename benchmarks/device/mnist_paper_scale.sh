@@ -162,7 +162,8 @@ PYEOF
 [ $# -gt 0 ] || set -- probe
 for part in "$@"; do
   case $part in
-    probe|authors|cgn_speed|own_cgn|ablation|collect) "part_$part" ;;
+    probe|authors|cgn_speed|own_cgn|ablation) "part_$part" ;;
+    collect) ;;  # always done below
     all) part_probe; part_authors; part_cgn_speed; part_own_cgn; part_ablation ;;
     *) echo "unknown PART $part (probe authors cgn_speed own_cgn ablation collect all)" >&2; exit 2 ;;
   esac
