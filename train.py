@@ -29,7 +29,9 @@ from cgn_jax import cli
 
 TRAINERS = {
     "cgn_mnist": "cgn_jax.train.cgn_mnist",
+    "cgn_mnist_many": "cgn_jax.train.cgn_mnist_many",
     "classifier_mnist": "cgn_jax.train.classifier_mnist",
+    "classifier_mnist_many": "cgn_jax.train.classifier_mnist_many",
     "cgn_imagenet": "cgn_jax.train.cgn_imagenet",
     "classifier_imagenet": "cgn_jax.train.classifier_imagenet",
 }

@@ -1,14 +1,20 @@
 """Paper Table 2 (MNIST) with one command: generate, train, tabulate.
 
   python -m cgn_jax.experiments.mnist_table --cgn-dir CGN_DIR \
-      --workdir DIR [--num 1000000] [--epochs 10]
+      --workdir DIR [--num 1000000] [--epochs 10] [--seeds 3] \
+      [--settings cf_only,cf_real] [--steps-per-call 100]
 
 For each variant (colored, double_colored, wildlife) this generates a
 counterfactual dataset with the variant's CGN (`generate.py`), trains the
 invariant classifier on the counterfactuals alone (the upstream code) and on
 counterfactuals + the real training images ("Original + CGN" as [RR] ran
 it), and prints a markdown table of the final-epoch train/test accuracies
-next to the paper's and the reproduction's numbers (SPEC §8.1, §8.2). The
+next to the paper's and the reproduction's numbers (SPEC §8.1, §8.2); each
+of our rows names N, counterfactuals per shape, epochs, seeds and the
+machine. With --seeds K > 1 every setting trains K classifiers (seeds
+--seed..--seed+K-1) as one vmapped program
+(cgn_jax/train/classifier_mnist_many.py, DIR/<variant>/<setting>/seed_<s>/)
+and the table shows mean ± std (ddof 1) over them. The
 table is saved as DIR/mnist_table.md and DIR/mnist_table.json. Finished
 stages are reused when the command is rerun with the same DIR, but only if
 they were made with the same CGN (weights sha256), --num, --cfs-per-shape,
@@ -34,6 +40,8 @@ import json
 import pathlib
 import sys
 import time
+
+import numpy as np
 
 from cgn_jax import cli
 from cgn_jax import distributed
@@ -77,18 +85,27 @@ class Interrupted(RuntimeError):
   """A stage was stopped by a signal (its checkpoint is saved)."""
 
 
-def run_variant(variant: str, args) -> dict:
-  """Generates and trains both settings for one variant; returns results."""
+def run_variant(variant: str, args, *, cgn=None, root=None) -> dict:
+  """Generates and trains both settings for one variant; returns results.
+
+  `cgn` (default: the variant's CGN in --cgn-dir) and `root` (default:
+  DIR/<variant>) let other commands run the same stages on other CGNs. With
+  --seeds K > 1 each setting trains K classifiers (seeds S..S+K-1) in one
+  vmapped program (cgn_jax/train/classifier_mnist_many.py) and reports the
+  mean and std over them.
+  """
   from cgn_jax.counterfactuals import mnist as counterfactuals  # pylint: disable=g-import-not-at-top
   from cgn_jax.data import shards  # pylint: disable=g-import-not-at-top
   from cgn_jax.train import classifier_mnist  # pylint: disable=g-import-not-at-top
+  from cgn_jax.train import classifier_mnist_many  # pylint: disable=g-import-not-at-top
   from configs import classifier_mnist as cls_config  # pylint: disable=g-import-not-at-top
   from configs import counterfactuals_mnist as gen_config  # pylint: disable=g-import-not-at-top
-  root = pathlib.Path(args.workdir) / variant
+  root = pathlib.Path(root or pathlib.Path(args.workdir) / variant)
+  seeds = max(1, getattr(args, "seeds", 1))
   out = {"timings_s": {}}
   t0 = time.perf_counter()
   gen = gen_config.get_config(variant)
-  gen.cgn = str(find_cgn(args.cgn_dir, variant))
+  gen.cgn = str(cgn or find_cgn(args.cgn_dir, variant))
   gen.num = args.num
   gen.cfs_per_shape = args.cfs_per_shape
   gen.seed = args.seed
@@ -102,6 +119,8 @@ def run_variant(variant: str, args) -> dict:
   out["num_counterfactuals"] = len(shards.ShardedSource(
       root / "data" / counterfactuals.CF_DIR))
   for name, train_on in SETTINGS.items():
+    if name not in getattr(args, "settings", SETTINGS):
+      continue
     t0 = time.perf_counter()
     c = cls_config.get_config(variant)
     c.counterfactuals = str(root / "data")
@@ -111,36 +130,71 @@ def run_variant(variant: str, args) -> dict:
     c.test_subset = args.test_subset
     c.num_real = args.num_real
     c.overwrite = args.overwrite
-    results = classifier_mnist.train_and_evaluate(c, root / name)
-    if len(results["epochs"]) < c.epochs:
-      # The trainer saved and returned early (SIGTERM): stop the whole table
-      # instead of moving on; every stage resumes when the command reruns.
-      raise Interrupted(
-          f"{variant}/{name} stopped after {len(results['epochs'])} of "
-          f"{c.epochs} epochs; rerun the same command to resume")
-    last = results["epochs"][-1]
-    out[name] = {"train_accuracy": 100 * last["train_accuracy"],
-                 "test_accuracy": 100 * last["test_accuracy"],
-                 "epochs": len(results["epochs"])}
+    if seeds > 1:
+      c.trainer = "classifier_mnist_many"
+      c.seeds = tuple(range(args.seed, args.seed + seeds))
+      c.steps_per_call = getattr(args, "steps_per_call", 1)
+      runs = classifier_mnist_many.train_and_evaluate(
+          c, root / name)["per_seed"].values()
+    else:
+      runs = [classifier_mnist.train_and_evaluate(c, root / name)]
+    for results in runs:
+      if len(results["epochs"]) < c.epochs:
+        # The trainer saved and returned early (SIGTERM): stop the whole
+        # table instead of moving on; every stage resumes on a rerun.
+        raise Interrupted(
+            f"{variant}/{name} stopped after {len(results['epochs'])} of "
+            f"{c.epochs} epochs; rerun the same command to resume")
+    out[name] = _seed_stats([r["epochs"][-1] for r in runs])
+    out[name]["epochs"] = len(next(iter(runs))["epochs"])
     out["timings_s"][name] = time.perf_counter() - t0
   return out
 
 
+def _seed_stats(finals: list[dict]) -> dict:
+  """Final-epoch accuracies in % over seeds: mean, std (ddof 1), N."""
+  out = {"n": len(finals)}
+  for key in ("train_accuracy", "test_accuracy"):
+    v = np.array([100 * f[key] for f in finals], np.float64)
+    out[key] = float(v.mean())
+    out[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    out[key + "_values"] = v.tolist()
+  return out
+
+
+def machine() -> str:
+  """'gpu: NVIDIA H200' etc.: where the numbers were measured."""
+  import jax  # pylint: disable=g-import-not-at-top
+  d = jax.devices()[0]
+  return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
+
+
 def _fmt(x) -> str:
+  if isinstance(x, (tuple, list)) and len(x) == 2 and x[1] is not None:
+    return f"{x[0]:.2f} ± {x[1]:.2f}"
+  if isinstance(x, (tuple, list)):
+    x = x[0]
   return "–" if x is None else f"{x:.2f}"
 
 
 def make_table(results: dict, args) -> tuple[str, list[dict]]:
   """(markdown, rows) with our two rows, then the reference rows."""
   rows = []
+  seeds = max(1, getattr(args, "seeds", 1))
+  where = f", {seeds} seed{'s' * (seeds > 1)}, {machine()}"
   for name, label in (("cf_only", "ours: counterfactuals only"),
                       ("cf_real", "ours: counterfactuals + real")):
     rows.append({"setting": f"{label} (N={args.num}, "
                             f"{args.cfs_per_shape} CF/shape, "
-                            f"{args.epochs} ep)",
+                            f"{args.epochs} ep{where})",
                  **{v: ((results[v][name]["train_accuracy"],
                          results[v][name]["test_accuracy"])
-                        if v in results else None) for v in VARIANTS}})
+                        if v in results and name in results[v] else None)
+                    for v in VARIANTS}})
+    if seeds > 1:  # mean ± std over the seeds
+      rows[-1]["std"] = {v: (results[v][name]["train_accuracy_std"],
+                             results[v][name]["test_accuracy_std"])
+                         for v in VARIANTS if v in results}
   for label, ref in REFERENCE_ROWS:
     rows.append({"setting": label, **ref})
   head = ["setting"] + [f"{SHORT[v]} {s}" for v in VARIANTS
@@ -150,7 +204,8 @@ def make_table(results: dict, args) -> tuple[str, list[dict]]:
   for r in rows:
     cells = [r["setting"]]
     for v in VARIANTS:
-      cells += [_fmt(x) for x in (r[v] or (None, None))]
+      std = r.get("std", {}).get(v, (None, None))
+      cells += [_fmt((x, sd)) for x, sd in zip(r[v] or (None, None), std)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n", rows
 
@@ -168,10 +223,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--cfs-per-shape", type=int, default=10)
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", type=int, default=1,
+                 help="classifier seeds per setting (seed..seed+K-1), "
+                 "trained as one vmapped program; the table shows mean ± std")
+  p.add_argument("--steps-per-call", type=int, default=1,
+                 help="classifier steps per lax.scan call (with --seeds > 1;"
+                 " 50-100 on a GPU)")
   p.add_argument("--test-subset", type=int, default=0,
                  help="test on the first N test images (0 = all)")
   p.add_argument("--num-real", type=int, default=0,
                  help="mix in only the first N real images (0 = all)")
+  p.add_argument("--settings", default=",".join(SETTINGS),
+                 type=lambda t: [w for w in t.split(",") if w],
+                 help="comma-separated subset of " + ",".join(SETTINGS))
   p.add_argument("--overwrite", action="store_true",
                  help="redo stages made with other settings instead of "
                  "stopping with an error")
