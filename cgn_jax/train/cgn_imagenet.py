@@ -321,9 +321,8 @@ def load_variables(config, model) -> dict:
           f"{model.biggan_config['channel_width']} and {model.u2net_variant}:"
           " set --config.model.channel_width / model.u2net_variant to match")
     return variables
-  gen = biggan_lib.BigGAN.from_config(model.biggan_config)
   if w.biggan == "random":
-    bg = biggan_lib.random_variables(gen, config.seed)
+    bg = imagenet_cgn.random_biggan_variables(model, config.seed)
   else:
     path = _need_dir(w.biggan, "weights.biggan", _HOWTO["biggan"])
     found, bg = biggan_convert.load(path)
