@@ -18,8 +18,10 @@ Variants (after ':', comma separated, combinable):
   upstream  what upstream's command line actually runs (SPEC §4.5): batch 1,
             accumulation 4000, 300 updates (1.2 M forward passes).
   smoke     BigGAN-deep at channel_width 4, U²-Netp and VGG16 with random
-            weights, micro-batch 2 x 2 accumulation, 2 updates (about a
-            minute on CPU, plus compilation); no downloads:
+            weights, micro-batch 2 x 2 accumulation, 2 updates; no downloads.
+            Not yet the one minute on CPU it should be: compiling the update
+            takes minutes on a 2-core CPU, and VGG16 + U²-Netp at 256² make
+            a micro-step tens of seconds there:
               python train.py --config=configs/cgn_imagenet.py:smoke \
                   --workdir=/tmp/cgn_in_smoke
   no_shape  Table 1 "without L_shape": binary and mask-size λ = 0.

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 def _config(**overrides):
   c = config_lib.get_config("smoke")
+  # The smoke model in BigGAN-deep-128's layout: 128² images make VGG16 and
+  # U²-Netp (most of a step) 4x cheaper; the code path is the same.
+  c.model.biggan = "biggan-deep-128"
   c.batch_size, c.batch_acc = 1, 2
   c.sheet_classes = ()  # a sheet compiles the eval forward: not needed here
   c.save_every = 1
@@ -104,3 +107,20 @@ def test_missing_weights(tmp_path, field, match):
 def test_truncation_out_of_range(tmp_path, truncation):
   with pytest.raises(ValueError, match=r"truncation must be in \(0, 1\]"):
     trainer.train_and_evaluate(_config(truncation=truncation), tmp_path)
+
+
+def test_config_schedules_and_ablations():
+  c = config_lib.get_config()
+  assert c.batch_size * c.batch_acc == 2048 and c.num_updates == 50
+  assert (c.lr.shape, c.lr.texture, c.lr.bg) == (8e-6, 3e-5, 1e-5)
+  assert (c.accumulate, c.class_per, c.truncation) == ("sum", "batch", 1.0)
+  up = config_lib.get_config("upstream")
+  assert (up.batch_size, up.batch_acc, up.num_updates) == (1, 4000, 300)
+  base = c.lambdas.to_dict()
+  zeroed = {"no_shape": {"binary", "mask"}, "no_text": {"text"},
+            "no_bg": {"bg"}, "no_rec": {"l1", "perc"}}
+  for arg, keys in zeroed.items():
+    lam = config_lib.get_config(arg).lambdas.to_dict()
+    changed = {k for k in base if lam[k] != base[k]}
+    assert changed == keys, arg
+    assert all(not any(np.atleast_1d(lam[k])) for k in keys), arg

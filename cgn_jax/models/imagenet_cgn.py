@@ -45,6 +45,7 @@ from flax.core import FrozenDict
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cgn_jax.models import biggan as biggan_lib
 from cgn_jax.models import u2net as u2net_lib
@@ -257,9 +258,38 @@ def random_variables(model: ImageNetCGN, seed: int = 0) -> dict:
   All four BigGANs start from the same random BigGAN (as upstream starts
   them from the same pretrained weights); U²-Net gets torch's default init.
   """
-  gen = biggan_lib.BigGAN.from_config(model.biggan_config)
-  return assemble(biggan_lib.random_variables(gen, seed),
+  return assemble(random_biggan_variables(model, seed),
                   u2net_lib.init_variables(seed, model.u2net_variant))
+
+
+def _settle(params, spectral, eps: float, iterations: int = 3):
+  """Power-iterates random u, v until they fit their kernel (numpy)."""
+  if "u" in spectral:
+    w = np.asarray(params["kernel"], np.float64)
+    w = w.reshape(-1, w.shape[-1])  # (in, out), as spectral_norm.py
+    u = np.asarray(spectral["u"], np.float64)
+    for _ in range(iterations):
+      v = w @ u
+      v /= max(np.linalg.norm(v), eps)
+      u = v @ w
+      u /= max(np.linalg.norm(u), eps)
+    return {"u": u.astype(np.float32), "v": v.astype(np.float32)}
+  return {k: _settle(params[k], spectral[k], eps, iterations)
+          for k in spectral}
+
+
+def random_biggan_variables(model: ImageNetCGN, seed: int = 0) -> dict:
+  """A random BigGAN of `model`'s config whose u, v fit its kernels.
+
+  Eval-mode spectral norm divides by u^T W v from the stored vectors;
+  independent random u, v make that near zero or negative, and the frozen
+  biggan_gt (always eval mode) then overflows to NaN (NOTES P12). A few
+  power iterations, as a trained checkpoint has had, settle them.
+  """
+  gen = biggan_module(model)
+  v = jax.device_get(biggan_lib.random_variables(gen, seed))
+  v["spectral"] = _settle(v["params"], v["spectral"], gen.eps)
+  return jax.tree.map(jnp.asarray, v)
 
 
 def assemble(biggan_variables, u2net_variables) -> dict:

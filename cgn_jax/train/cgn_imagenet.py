@@ -167,6 +167,35 @@ def _micro_loss(params, spectral, state, u, y, key, vgg_variables, *,
   return total, (dict(metrics, total=total), new_spectral)
 
 
+def micro_step(state: TrainState, spectral, key, vgg_variables, *,
+               s: Static, batch_sharding=None):
+  """One micro-step: draw inputs, forward, six losses, their gradient.
+
+  Args:
+    state: the train state (its params; `spectral` replaces its spectral).
+    spectral: the mechanisms' spectral-norm state going in.
+    key: this micro-step's PRNG key (inputs and texture windows).
+    vgg_variables: VGG16 variables (None: no style terms).
+    s: the static configuration.
+    batch_sharding: where the drawn batch lives (the data mesh).
+
+  Returns:
+    (grads w.r.t. state.params, metrics, spectral after the forward).
+  """
+  k_draw, k_loss = jax.random.split(key)
+  u, y = imagenet_cgn.training_draw(
+      k_draw, s.batch_size, s.truncation, per_sample=s.per_sample,
+      num_classes=s.model.num_classes, z_dim=s.model.z_dim)
+  if batch_sharding is not None:
+    u = jax.lax.with_sharding_constraint(u, batch_sharding)
+    y = jax.lax.with_sharding_constraint(y, batch_sharding)
+  grad_fn = jax.value_and_grad(functools.partial(_micro_loss, s=s),
+                               argnums=0, has_aux=True)
+  (_, (metrics, spectral)), grads = grad_fn(state.params, spectral, state, u,
+                                            y, k_loss, vgg_variables)
+  return grads, metrics, spectral
+
+
 def train_update(state: TrainState, vgg_variables, *, s: Static,
                  batch_sharding=None):
   """One update: `batch_acc` micro-steps, then one Adam step. Pure; jit it.
@@ -176,20 +205,11 @@ def train_update(state: TrainState, vgg_variables, *, s: Static,
   """
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step),
                           s.batch_acc)
-  grad_fn = jax.value_and_grad(functools.partial(_micro_loss, s=s),
-                               argnums=0, has_aux=True)
 
   def micro(carry, key):
     grads, spectral = carry
-    k_draw, k_loss = jax.random.split(key)
-    u, y = imagenet_cgn.training_draw(
-        k_draw, s.batch_size, s.truncation, per_sample=s.per_sample,
-        num_classes=s.model.num_classes, z_dim=s.model.z_dim)
-    if batch_sharding is not None:
-      u = jax.lax.with_sharding_constraint(u, batch_sharding)
-      y = jax.lax.with_sharding_constraint(y, batch_sharding)
-    (_, (metrics, spectral)), g = grad_fn(state.params, spectral, state, u,
-                                          y, k_loss, vgg_variables)
+    g, metrics, spectral = micro_step(state, spectral, key, vgg_variables,
+                                      s=s, batch_sharding=batch_sharding)
     return (jax.tree.map(jnp.add, grads, g), spectral), metrics
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -301,9 +321,8 @@ def load_variables(config, model) -> dict:
           f"{model.biggan_config['channel_width']} and {model.u2net_variant}:"
           " set --config.model.channel_width / model.u2net_variant to match")
     return variables
-  gen = biggan_lib.BigGAN.from_config(model.biggan_config)
   if w.biggan == "random":
-    bg = biggan_lib.random_variables(gen, config.seed)
+    bg = imagenet_cgn.random_biggan_variables(model, config.seed)
   else:
     path = _need_dir(w.biggan, "weights.biggan", _HOWTO["biggan"])
     found, bg = biggan_convert.load(path)
@@ -437,6 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                s.batch_size, s.batch_acc, jax.device_count())
 
   def sheet(at):
+    if not config.sheet_classes:  # () turns sheets off
+      return
     save_sheet(workdir / "samples" / f"sheet_{at:07d}.png", state, model,
                tuple(config.sheet_classes), u_fixed,
                float(config.sheet_truncation))
