@@ -22,10 +22,10 @@ import pathlib
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cgn_jax.models import biggan
+from cgn_jax.models import biggan_weights
 from cgn_jax.models import spectral_norm as sn
 from converters import common
 
@@ -135,14 +135,7 @@ def check_structure(state_dict, config, what: str) -> None:
   raise common.ConversionError("\n".join(lines))
 
 
-def abstract_variables(config) -> dict:
-  """Shapes/dtypes of the model's variables, via jax.eval_shape (no init)."""
-  config = biggan.get_config(config)
-  model = biggan.BigGAN.from_config(config)
-  z = jnp.zeros((1, config["z_dim"]), jnp.float32)
-  y = jnp.zeros((1, config["num_classes"]), jnp.float32)
-  return jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), z, y, 1.0))
+abstract_variables = biggan_weights.abstract_variables
 
 
 def convert(state_dict: Mapping[str, Any], config, abstract=None) -> dict:
@@ -187,16 +180,7 @@ def _json_config(config) -> dict:
   return {**config, "layers": [list(layer) for layer in config["layers"]]}
 
 
-def load(directory):
-  """Reads a converted checkpoint; returns (config dict, variables)."""
-  variables, metadata = common.load_variables(directory)
-  if metadata.get("model") != "biggan" or "config" not in metadata:
-    raise common.ConversionError(
-        f"{directory} is not a converted BigGAN (no BigGAN config in its "
-        "metadata); convert one with `python -m converters biggan`")
-  config = biggan.get_config(metadata["config"])
-  common.check_tree(variables, abstract_variables(config), str(directory))
-  return config, variables
+load = biggan_weights.load  # the library reads converted directories
 
 
 def add_arguments(parser) -> None:

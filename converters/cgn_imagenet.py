@@ -28,7 +28,7 @@ import jax
 
 from cgn_jax import paths
 from cgn_jax.models import biggan
-from cgn_jax.models import imagenet_cgn
+from cgn_jax.models import imagenet_cgn_weights
 from converters import biggan as biggan_convert
 from converters import common
 from converters import u2net as u2net_convert
@@ -141,24 +141,8 @@ def convert(state_dict: Mapping[str, Any]):
   return variables, config, variant
 
 
-def model_from_metadata(metadata: Mapping[str, Any]):
-  """The ImageNetCGN module a converted checkpoint was made for."""
-  return imagenet_cgn.from_config(biggan.get_config(metadata["biggan_config"]),
-                                  metadata["u2net_variant"])
-
-
-def load(directory):
-  """Reads a converted checkpoint; returns (model, variables)."""
-  variables, metadata = common.load_variables(directory)
-  if metadata.get("model") != "cgn_imagenet":
-    raise common.ConversionError(
-        f"{directory} is not a converted ImageNet CGN (metadata model "
-        f"{metadata.get('model')!r}); create it with `python -m converters "
-        "cgn-imagenet --input cgn.pth --output DIR`")
-  model = model_from_metadata(metadata)
-  common.check_tree(variables, imagenet_cgn.abstract_variables(model),
-                    str(directory))
-  return model, variables
+model_from_metadata = imagenet_cgn_weights.model_from_metadata
+load = imagenet_cgn_weights.load  # the library reads converted directories
 
 
 def add_arguments(parser) -> None:

@@ -28,9 +28,10 @@ import jax
 import numpy as np
 
 from cgn_jax import paths
+from cgn_jax.models import u2net_weights
 from converters import common
 
-_VARIANTS = ("u2net", "u2netp")
+_VARIANTS = u2net_weights.VARIANTS
 
 
 def _torch_key(path) -> str:
@@ -129,25 +130,7 @@ def convert(state_dict: Mapping[str, np.ndarray], variant: str = "u2net"):
   return {k: dict(v) for k, v in variables.items()}
 
 
-def load(directory):
-  """Reads a converted checkpoint.
-
-  Args:
-    directory: the converter's --output directory.
-
-  Returns:
-    (variant, variables) with variables = {'params', 'batch_stats'}.
-  """
-  variables, metadata = common.load_variables(directory)
-  variant = metadata.get("variant")
-  if metadata.get("model") != "u2net" or variant not in _VARIANTS:
-    raise common.ConversionError(
-        f"{directory} is not a converted U²-Net checkpoint (metadata "
-        f"{metadata}); create it with `python -m converters u2net`")
-  from cgn_jax.models import u2net  # pylint: disable=g-import-not-at-top
-  common.check_tree(variables, u2net.abstract_variables(variant),
-                    str(directory))
-  return variant, variables
+load = u2net_weights.load  # the library reads converted directories
 
 
 def add_arguments(parser):

@@ -149,3 +149,36 @@ def fast_compile():
   jax.config.update(flag, True)
   yield
   jax.config.update(flag, old)
+
+
+@pytest.fixture(scope="session")
+def formula_weights(shared_dir):
+  """`formula_weights(shapes, seed)` of ../shared/reference (the goldens').
+
+  The goldens' models carry weights rebuilt from a seed over a state dict's
+  (name, shape) list; the module lives with them, so it is loaded by path.
+  """
+  spec = importlib.util.spec_from_file_location(
+      "formula_weights", shared_dir / "reference" / "formula_weights.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.formula_weights
+
+
+@pytest.fixture(scope="session")
+def vgg16_formula_variables(formula_weights):
+  """VGG16 {'params'} with the goldens' formula weights (seed 1602).
+
+  Over torchvision's `vgg16().features` state-dict order, converted by the
+  project's converter (numpy arrays; no torch needed).
+  """
+  # pylint: disable=g-import-not-at-top
+  from cgn_jax.models import vgg16 as vgg16_lib
+  from converters import vgg16 as vgg16_convert
+  abstract = vgg16_convert.abstract_variables()["params"]
+  shapes = []
+  for idx in vgg16_lib.CONV_INDICES:
+    kh, kw, i, o = abstract[f"features_{idx}"]["kernel"].shape
+    shapes += [(f"features.{idx}.weight", (o, i, kh, kw)),
+               (f"features.{idx}.bias", (o,))]
+  return vgg16_convert.convert(formula_weights(shapes, 1602))

@@ -26,7 +26,6 @@ rounding), and the median tensor of each group, which a missing or
 misrouted term would move, within the issue's 1e-4.
 """
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +38,6 @@ from cgn_jax.models import vgg16 as vgg16_lib
 from converters import biggan as biggan_convert
 from converters import cgn_imagenet as convert
 from converters import common
-from converters import vgg16 as vgg16_convert
 
 pytestmark = [pytest.mark.torch, pytest.mark.shared,
               pytest.mark.usefixtures("fast_compile")]
@@ -48,21 +46,6 @@ TOL_MAX = 1e-3  # every tensor: golden vs float64 3.9e-4 + ours ~2e-4
 TOL_MEDIAN = 1e-4  # the median tensor of each group
 GROUPS = imagenet_cgn.MECHANISMS  # f_shape, f_text, f_bg
 _UPSTREAM = {"f_shape": "f_shape.", "f_text": "f_text.", "f_bg": "f_bg."}
-
-
-def _vgg16_formula_params(shared_dir, seed=1602):
-  """VGG16 params from formula weights over torchvision's features order."""
-  spec = importlib.util.spec_from_file_location(
-      "formula_weights", shared_dir / "reference" / "formula_weights.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  abstract = vgg16_convert.abstract_variables()["params"]
-  shapes = []
-  for idx in vgg16_lib.CONV_INDICES:
-    kh, kw, i, o = abstract[f"features_{idx}"]["kernel"].shape
-    shapes += [(f"features.{idx}.weight", (o, i, kh, kw)),
-               (f"features.{idx}.bias", (o,))]
-  return vgg16_convert.convert(mod.formula_weights(shapes, seed))["params"]
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +58,15 @@ def reference(shared_dir):
 
 
 @pytest.fixture(scope="module")
-def grads(reference, shared_dir):
+def grads(reference, vgg16_formula_variables):
   """d g_loss / d params of f_shape, f_text, f_bg (one forward + backward)."""
   golden, state_dict = reference
   variables, config, variant = convert.convert(state_dict)
   variables = jax.tree.map(jnp.asarray, variables)
   model = imagenet_cgn.from_config(config, variant)
   trainable, frozen = imagenet_cgn.split_trainable(variables["params"])
-  vgg_params = jax.tree.map(jnp.asarray, _vgg16_formula_params(shared_dir))
+  vgg_params = jax.tree.map(jnp.asarray,
+                            vgg16_formula_variables["params"])
   # The trainer's VGG path: frozen kernels (Winograd on CPU).
   vgg = {"params": vgg_params,
          "frozen": vgg16_lib.frozen_variables(vgg_params)}

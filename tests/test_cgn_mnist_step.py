@@ -54,6 +54,8 @@ background, as the model calls it), and checks each was used exactly once.
 
 import contextlib
 import dataclasses
+import importlib
+import pkgutil
 import importlib.util
 
 import jax
@@ -271,9 +273,12 @@ def use_float64(models, monkeypatch):
   VGG16 runs its direct convolutions (the Winograd kernels are float32 by
   construction; test_winograd and test_vgg16 check that path).
   """
-  for mod in (cgn_lib, cgn_lib.batchnorm, discriminators, losses, vgg_lib,
-              cgn_mnist):
-    monkeypatch.setattr(mod, "jnp", _Float64Numpy())
+  loss_modules = [importlib.import_module(f"{losses.__name__}.{m.name}")
+                  for m in pkgutil.iter_modules(losses.__path__)]
+  for mod in (cgn_lib, cgn_lib.batchnorm, discriminators, vgg_lib,
+              cgn_mnist, *loss_modules):
+    if hasattr(mod, "jnp"):
+      monkeypatch.setattr(mod, "jnp", _Float64Numpy())
   return dataclasses.replace(
       models, cgn=models.cgn.clone(dtype=jnp.float64),
       disc=models.disc.clone(dtype=jnp.float64),

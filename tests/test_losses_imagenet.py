@@ -6,7 +6,6 @@ upstream computed from them, with VGG16 carrying formula weights (seed 1602
 over torchvision's `vgg16().features` state-dict order).
 """
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -27,22 +26,6 @@ _IMAGES = ("x_gt", "premask", "mask", "foreground", "background",
            "background_mask", "x_gen")
 
 
-def vgg16_formula_variables(shared_dir, seed=1602):
-  """VGG16 {'params'} from the golden's formula weights (no torch needed)."""
-  from converters import vgg16 as conv_vgg16  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "formula_weights", shared_dir / "reference" / "formula_weights.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  abstract = conv_vgg16.abstract_variables()["params"]
-  shapes = []
-  for idx in vgg16_lib.CONV_INDICES:  # torchvision's state-dict order
-    kh, kw, i, o = abstract[f"features_{idx}"]["kernel"].shape
-    shapes += [(f"{idx}.weight", (o, i, kh, kw)), (f"{idx}.bias", (o,))]
-  weights = mod.formula_weights(shapes, seed)
-  return conv_vgg16.convert({f"features.{k}": v for k, v in weights.items()})
-
-
 @pytest.fixture(scope="module")
 def golden(shared_dir):
   path = shared_dir / "reference" / "cgn_imagenet" / "golden.npz"
@@ -58,8 +41,8 @@ def outputs(golden):
 
 
 @pytest.fixture(scope="module")
-def vgg_variables(shared_dir):
-  return jax.tree.map(jnp.asarray, vgg16_formula_variables(shared_dir))
+def vgg_variables(vgg16_formula_variables):
+  return jax.tree.map(jnp.asarray, vgg16_formula_variables)
 
 
 @pytest.fixture(scope="module")

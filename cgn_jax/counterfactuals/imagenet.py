@@ -52,6 +52,7 @@ from cgn_jax import weights
 from cgn_jax.data import imagenet_classes
 from cgn_jax.data import records
 from cgn_jax.models import imagenet_cgn
+from cgn_jax.models import imagenet_cgn_weights
 
 MODES = ("random", "best_classes", "fixed_classes")
 INTERP_MODES = ("all", "shape", "text", "bg")
@@ -158,8 +159,7 @@ def load_cgn(spec: str, dtype: str = "float32"):
           f"CGN weights {spec} are not a converted checkpoint directory; "
           "convert the authors' cgn.pth with `python -m converters "
           "cgn-imagenet --input cgn.pth --output DIR`")
-    from converters import cgn_imagenet  # pylint: disable=g-import-not-at-top
-    model, variables = cgn_imagenet.load(path)
+    model, variables = imagenet_cgn_weights.load(path)
     info = {"source": str(path)}
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}; use 'float32' or 'bfloat16'")

@@ -40,7 +40,7 @@ def style_loss_terms(vgg_apply: Callable, vgg_variables, x_gen: jax.Array,
   Args:
     vgg_apply: `VGG16(...).apply`, called as
       `vgg_apply(vgg_variables, x, upto=name) -> {name: features}`.
-    vgg_variables: {'params': ...} (see converters.vgg16.load_vgg16).
+    vgg_variables: {'params': ...} (see cgn_jax.models.vgg16_weights.load_vgg16).
     x_gen: [B, H, W, 3] generated images in [-1, 1] (fed as they are, no
       ImageNet normalisation, as upstream).
     x_target: [B, H, W, 3] real images in [-1, 1].

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cgn_jax.models import biggan
+from cgn_jax.models import biggan_weights
 
 
 def truncated_noise(key, batch: int, z_dim: int = 128,
@@ -63,9 +64,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  # pylint: disable-next=g-import-not-at-top
-  from converters import biggan as convert_biggan
-  config, variables = convert_biggan.load(args.weights)
+  config, variables = biggan_weights.load(args.weights)
   bad = [c for c in args.classes if not 0 <= c < config["num_classes"]]
   if bad:
     raise SystemExit(f"--classes {bad} out of range [0, "

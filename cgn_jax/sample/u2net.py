@@ -25,6 +25,7 @@ import numpy as np
 
 from cgn_jax.models import resize
 from cgn_jax.models import u2net
+from cgn_jax.models import u2net_weights
 
 _DEFAULTS = {  # preprocess -> (size, upsample)
     "original": (320, resize.HALF_PIXEL),
@@ -88,8 +89,7 @@ def predict(variables, variant, image, *, preprocess="original", size=None,
 def run(args):
   # pylint: disable=g-import-not-at-top
   from PIL import Image
-  from converters import u2net as u2net_converter
-  variant, variables = u2net_converter.load(args.weights)
+  variant, variables = u2net_weights.load(args.weights)
   path = pathlib.Path(args.image)
   if not path.is_file():
     raise FileNotFoundError(f"image {path} does not exist")

@@ -39,8 +39,12 @@ import optax
 
 from cgn_jax.losses import cgn_imagenet as losses_lib
 from cgn_jax.models import biggan as biggan_lib
+from cgn_jax.models import biggan_weights
 from cgn_jax.models import imagenet_cgn
+from cgn_jax.models import imagenet_cgn_weights
+from cgn_jax.models import u2net_weights
 from cgn_jax.models import vgg16 as vgg_lib
+from cgn_jax.models import vgg16_weights
 from cgn_jax.train import common
 
 P = jax.sharding.PartitionSpec
@@ -305,14 +309,10 @@ def load_variables(config, model) -> dict:
   otherwise all four BigGANs start from the one converted BigGAN in
   `weights.biggan` (as upstream) and U²-Net from `weights.u2net`.
   """
-  # Converted checkpoints are read with the converters' strict loaders.
-  from converters import biggan as biggan_convert  # pylint: disable=g-import-not-at-top
-  from converters import cgn_imagenet as cgn_convert  # pylint: disable=g-import-not-at-top
-  from converters import u2net as u2net_convert  # pylint: disable=g-import-not-at-top
   w = config.weights
   if w.cgn:
     path = _need_dir(w.cgn, "weights.cgn", _HOWTO["cgn"])
-    found, variables = cgn_convert.load(path)
+    found, variables = imagenet_cgn_weights.load(path)
     if found != model:
       raise ValueError(
           f"weights.cgn={w.cgn} holds a CGN with BigGAN channel_width "
@@ -325,7 +325,7 @@ def load_variables(config, model) -> dict:
     bg = imagenet_cgn.random_biggan_variables(model, config.seed)
   else:
     path = _need_dir(w.biggan, "weights.biggan", _HOWTO["biggan"])
-    found, bg = biggan_convert.load(path)
+    found, bg = biggan_weights.load(path)
     if found != model.biggan_config:
       raise ValueError(f"weights.biggan={w.biggan} is a BigGAN of another "
                        f"size (channel_width {found['channel_width']}) than "
@@ -335,7 +335,7 @@ def load_variables(config, model) -> dict:
     u2 = u2net_lib.init_variables(config.seed, model.u2net_variant)
   else:
     path = _need_dir(w.u2net, "weights.u2net", _HOWTO["u2net"])
-    variant, u2 = u2net_convert.load(path)
+    variant, u2 = u2net_weights.load(path)
     if variant != model.u2net_variant:
       raise ValueError(f"weights.u2net={w.u2net} is {variant}, the config "
                        f"asks for model.u2net_variant={model.u2net_variant}")
@@ -348,10 +348,9 @@ def load_vgg(spec: str):
 
   Cached: tests and benchmarks build several trainers per process.
   """
-  from converters import vgg16 as vgg16_convert  # pylint: disable=g-import-not-at-top
   if spec not in ("random", "none"):
     spec = _need_dir(spec, "weights.vgg16", _HOWTO["vgg16"])
-  variables = vgg16_convert.load_vgg16(spec)
+  variables = vgg16_weights.load_vgg16(spec)
   if variables is None:
     return None
   params = variables.get("params", variables)

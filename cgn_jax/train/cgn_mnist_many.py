@@ -50,16 +50,9 @@ def model_config(config: ml_collections.ConfigDict, seed: int):
   return c
 
 
-def model_dir(workdir, seed: int) -> pathlib.Path:
-  return pathlib.Path(workdir) / f"seed_{int(seed)}"
-
-
-def stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree, k: int):
-  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+model_dir = common.seed_dir
+stack = common.stack_trees
+unstack = common.unstack_tree
 
 
 def make_steps(programs: single.Programs):

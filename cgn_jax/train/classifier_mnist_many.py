@@ -50,18 +50,9 @@ def model_config(config: ml_collections.ConfigDict, seed: int):
   return c
 
 
-def model_dir(workdir, seed: int) -> pathlib.Path:
-  return pathlib.Path(workdir) / f"seed_{int(seed)}"
-
-
-def stack(trees):
-  """K pytrees of the same structure -> one with a leading axis K."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree, k: int):
-  """The inverse of `stack`: K pytrees (still on the device)."""
-  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+model_dir = common.seed_dir
+stack = common.stack_trees
+unstack = common.unstack_tree
 
 
 def multi_step(states, batches, *, step_fn):

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
@@ -388,3 +389,21 @@ def save_image_grid(path, images, nrow: int, *, normalize: str = "range",
     return  # every process computes the sheet; process 0 writes it
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+# ---------------------------------------------- many models in one program --
+
+
+def seed_dir(workdir, seed: int) -> pathlib.Path:
+  """WORKDIR/seed_<s>: one model's outputs in a many-model run."""
+  return pathlib.Path(workdir) / f"seed_{int(seed)}"
+
+
+def stack_trees(trees):
+  """K pytrees of the same structure -> one with a leading axis K."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack_tree(tree, k: int):
+  """The inverse of `stack_trees`: K pytrees (still on the device)."""
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
