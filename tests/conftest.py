@@ -182,3 +182,21 @@ def vgg16_formula_variables(formula_weights):
     shapes += [(f"features.{idx}.weight", (o, i, kh, kw)),
                (f"features.{idx}.bias", (o,))]
   return vgg16_convert.convert(formula_weights(shapes, 1602))
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """A persistent XLA cache for one module: its runs share executables.
+
+  Separate runs (single vs many models, resume after a restart) compile the
+  same programs; the cache makes the second compile a lookup.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir",
+                    str(tmp_path_factory.mktemp("xla")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])

@@ -17,18 +17,6 @@ from cgn_jax.counterfactuals import mnist as cf_mnist
 from cgn_jax.data import shards
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  # Separate single-model runs compile the same step: share executables.
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.mktemp("xla")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-
 SEEDS = (0, 1)
 
 

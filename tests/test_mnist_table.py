@@ -19,19 +19,6 @@ VARIANT = "double_colored"
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  # The classifier runs compile the same step: share the executables.
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.mktemp("xla")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-
-
-@pytest.fixture(scope="module")
 def table_run(tmp_path_factory, mnist_dir, compile_cache):
   """The table command at N=200, 1 epoch; returns its workdir."""
   del mnist_dir, compile_cache  # the fixture points CGN_MNIST_DIR at MNIST

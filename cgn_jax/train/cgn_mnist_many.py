@@ -42,12 +42,7 @@ GENERATOR_DIR = "generator"  # DIR/seed_<s>/generator: the exported G
 
 def model_config(config: ml_collections.ConfigDict, seed: int):
   """The single-model config of one seed (what its provenance records)."""
-  d = config.to_dict()
-  d.pop("seeds", None)
-  c = ml_collections.ConfigDict(d)
-  c.trainer = "cgn_mnist"
-  c.seed = int(seed)
-  return c
+  return common.seed_config(config, seed, "cgn_mnist")
 
 
 model_dir = common.seed_dir

@@ -41,13 +41,8 @@ RESUMABLE_FIELDS = single.RESUMABLE_FIELDS + ("steps_per_call",)
 
 def model_config(config: ml_collections.ConfigDict, seed: int):
   """The single-model config of one seed (what its provenance records)."""
-  d = config.to_dict()
-  for name in ("seeds", "steps_per_call"):
-    d.pop(name, None)
-  c = ml_collections.ConfigDict(d)
-  c.trainer = "classifier_mnist"
-  c.seed = int(seed)
-  return c
+  return common.seed_config(config, seed, "classifier_mnist",
+                            drop=("seeds", "steps_per_call"))
 
 
 model_dir = common.seed_dir

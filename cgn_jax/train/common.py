@@ -407,3 +407,19 @@ def stack_trees(trees):
 def unstack_tree(tree, k: int):
   """The inverse of `stack_trees`: K pytrees (still on the device)."""
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+
+
+def seed_config(config, seed: int, trainer: str, drop=("seeds",)):
+  """The single-model config of one seed in a many-model run.
+
+  What that model's provenance records: the many-model config without its
+  own fields (`drop`), naming the single-model `trainer`.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  d = config.to_dict()
+  for name in drop:
+    d.pop(name, None)
+  c = ml_collections.ConfigDict(d)
+  c.trainer = trainer
+  c.seed = int(seed)
+  return c
