@@ -82,11 +82,12 @@ def run(bench: Benchmark, repeats: int | None = None) -> dict:
   t0 = time.perf_counter()
   jax.block_until_ready(step())
   compile_s = time.perf_counter() - t0  # first call: trace + compile + run
-  times = []
+  times, cpu = [], []
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(step())
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   median = statistics.median(times)
   device = jax.devices()[0]
   return {
@@ -102,6 +103,10 @@ def run(bench: Benchmark, repeats: int | None = None) -> dict:
       "median_s": median / bench.iters_per_call,
       "min_s": min(times) / bench.iters_per_call,
       "max_s": max(times) / bench.iters_per_call,
+      # CPU seconds of all this process's threads per iteration: on a shared
+      # machine the wall time also counts waits for a core (the PyTorch
+      # baselines report the same field).
+      "median_cpu_s": statistics.median(cpu) / bench.iters_per_call,
       "it_per_s": bench.iters_per_call / median,
       "img_per_s": bench.iters_per_call * bench.batch / median,
       "jax_version": jax.__version__,

@@ -161,16 +161,17 @@ class CGN(nn.Module):
     y_vec = y * torch.ones(self.batch_sz).to(torch.int64)
     return F.one_hot(y_vec, 1000).to(torch.float32)
 
-  def get_inp(self):
-    ys = 3 * [np.random.randint(0, 1000)]
+  def get_inp(self, ys=None):
+    if ys is None:
+      ys = 3 * [np.random.randint(0, 1000)]
     dev = self.get_device()
     u_vec = self.get_noise_vec()
     return tuple((u_vec.to(dev), self.get_class_vec(y).to(dev),
                   self.truncation) for y in ys)
 
-  def forward(self, inp=None):
-    """Upstream's call forms 1 (no args: a training draw) and 2 (inp)."""
-    inp0, inp1, inp2 = self.get_inp() if inp is None else (inp, inp, inp)
+  def forward(self, inp=None, ys=None):
+    """Upstream's three call forms: a training draw, `inp`, or `ys`."""
+    inp0, inp1, inp2 = self.get_inp(ys) if inp is None else (inp, inp, inp)
     x_gt = self.biggan_GT(*inp0).detach()
     premask = self.f_shape(*inp0)
     mask = torch.clamp(self.u2net(premask), 0.0001, 0.9999)
