@@ -39,14 +39,19 @@ def _perceptual(style, shared_dir):
   return loss
 
 
-def test_reproduces_the_golden_iteration(shared_dir):
-  d = shared_dir / "reference" / "cgn_imagenet"
-  g = np.load(d / "golden.npz")
-  cgn = tbi.CGN(2, 1.0, channel_width=4, u2net_variant="U2NETP")
+def _small_cgn(d, batch, truncation):
+  cgn = tbi.CGN(batch, truncation, channel_width=4, u2net_variant="U2NETP")
   state = torch.load(d / "cgn_small.pth", map_location="cpu")
   # The wrapper that returns only sigmoid(d0) holds U²-Net as `.net`.
   cgn.load_state_dict({k.replace("u2net.", "u2net.net.", 1): v
                        for k, v in state.items()})
+  return cgn
+
+
+def test_reproduces_the_golden_iteration(shared_dir):
+  d = shared_dir / "reference" / "cgn_imagenet"
+  g = np.load(d / "golden.npz")
+  cgn = _small_cgn(d, 2, 1.0)
   cgn.train()
   text = tbi.PercLossText(style_wgts=tbi.LAMBDA["TEXT"])
   text.loss = _perceptual(tbi.LAMBDA["TEXT"], shared_dir)
@@ -69,3 +74,24 @@ def test_reproduces_the_golden_iteration(shared_dir):
   # Upstream's trainable tensors: 204 per mechanism.
   assert sum(1 for p in cgn.parameters() if p.requires_grad) == 612
 
+
+
+def test_generate_loop_runs_upstreams_three_class_forward(shared_dir,
+                                                          tmp_path):
+  """`cgn(ys=...)` (what generate_data.py calls) gives the golden's cf/*."""
+  tgi = pytest.importorskip("benchmarks.torch_generate_imagenet")
+  d = shared_dir / "reference" / "cgn_imagenet"
+  g = np.load(d / "golden.npz")
+  cgn = _small_cgn(d, 2, 0.5).eval()
+  cgn.get_noise_vec = lambda: torch.from_numpy(g["cf/u"])
+  with torch.no_grad():
+    x_gt, mask, _, fg, bg, _ = cgn(ys=[int(y) for y in g["cf/ys"]])
+  for name, t in dict(x_gt=x_gt, mask=mask, foreground=fg, background=bg,
+                      x_gen=mask * fg + (1 - mask) * bg).items():
+    np.testing.assert_allclose(t.numpy(), g[f"cf/{name}"], rtol=0,
+                               atol=1e-5, err_msg=name)
+  cgn = _small_cgn(d, 1, 0.5).eval()
+  tgi.generate(cgn, tmp_path, 2)
+  rows = (tmp_path / "labels.csv").read_text().splitlines()
+  assert [r.split(",")[0] for r in rows] == ["bench_0000000", "bench_0000001"]
+  assert len(list((tmp_path / "ims").glob("*_x_gen.jpg"))) == 2
