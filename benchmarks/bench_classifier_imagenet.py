@@ -36,15 +36,14 @@ def _config(dtype: str, batch: int):
 
 
 def _trainer(config, steps_per_epoch: int = 1000):
-  model = trainer.create_model(config)
-  mesh = common.make_mesh()
-  tx = trainer.make_optimizer(config, steps_per_epoch)
-  variables = trainer.initial_variables(config, model, jax.random.PRNGKey(0))
-  state = jax.device_put(trainer.create_train_state(variables, tx),
-                         common.replicated(mesh))
-  step = trainer.compiled_train_step(
-      model, trainer.optimizer_key(config, steps_per_epoch))
-  return step, state, mesh
+  programs = trainer.build_programs(config, steps_per_epoch)
+  mesh = programs.mesh
+  variables = trainer.initial_variables(config, programs.model,
+                                        jax.random.PRNGKey(0),
+                                        init=programs.init)
+  state = common.replicate(
+      trainer.create_train_state(variables, programs.tx), mesh)
+  return programs.train_step, state, mesh
 
 
 def _step_setup(dtype: str, batch: int):

@@ -424,6 +424,26 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.tree.unflatten(treedef, leaves)
 
 
+def gather_rows(tree):
+  """Process-local numpy rows -> the rows of every process, on every process.
+
+  The inverse of `process_rows` for small host arrays (labels, masks):
+  each leaf becomes the concatenation, in process order, of every process's
+  leaf (a collective: all must call it with the same shapes). On one
+  process the tree is returned as it is.
+  """
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def gather(x):
+    x = np.asarray(x)
+    wire = x.astype(np.int32) if x.dtype == bool else x
+    out = np.asarray(multihost_utils.process_allgather(wire, tiled=True))
+    return out.astype(x.dtype)
+  return jax.tree.map(gather, tree)
+
+
 def to_host(tree):
   """A replicated or sharded global pytree as numpy on every process.
 

@@ -99,15 +99,22 @@ def save_variables(directory, variables, metadata: Mapping | None = None):
 
   The tree is written to a temporary sibling directory and renamed into place,
   so an interrupted conversion never leaves a half-written checkpoint.
+
+  In a multi-process run process 0 writes alone, with no barrier: the other
+  processes may call it too (they return at once) or not at all, so the
+  values must be the same everywhere (e.g. replicated parameters).
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  multi = jax.process_count() > 1
+  if multi and jax.process_index() != 0:
+    return
   directory = pathlib.Path(directory).resolve()
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=directory.name + ".tmp",
                                       dir=directory.parent))
   try:
     variables = jax.tree.map(np.asarray, variables)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    with _checkpointer(alone=multi) as ckptr:
       ckptr.save(tmp / "ckpt", args=ocp.args.Composite(
           variables=ocp.args.StandardSave(variables),
           metadata=ocp.args.JsonSave(dict(metadata or {}))))
@@ -117,6 +124,25 @@ def save_variables(directory, variables, metadata: Mapping | None = None):
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checkpointer(alone: bool = False):
+  """The orbax checkpointer of converted directories.
+
+  `alone`: this process saves without the others (orbax's barriers span
+  this process only), for process 0 of a multi-process run.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if not alone:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  me = jax.process_index()
+  mp = ocp.options.MultiprocessingOptions(primary_host=me,
+                                          active_processes={me})
+  handler = ocp.CompositeCheckpointHandler(
+      composite_options=ocp.CompositeOptions(multiprocessing_options=mp),
+      variables=ocp.StandardCheckpointHandler(multiprocessing_options=mp),
+      metadata=ocp.JsonCheckpointHandler(multiprocessing_options=mp))
+  return ocp.Checkpointer(handler, multiprocessing_options=mp)
 
 
 def load_variables(directory, abstract=None, *, model: str | None = None,

@@ -1,7 +1,8 @@
 """ImageNet counterfactual datasets from a smoke-size CGN (SPEC §5).
 
 One tiny random CGN (`smoke_model`: 32x32, BigGAN width 4, U²-Netp) and
-one compiled generation step serve every test here.
+one compiled generation step (`programs`, passed to every run) serve every
+test here.
 """
 
 import jax
@@ -25,25 +26,30 @@ def cgn():
   return model, cf.smoke_variables(model)
 
 
-def _write(cgn, directory, **kw):
+@pytest.fixture(scope="module")
+def programs(cgn):
+  return cf.build_programs(cgn[0], fields=FIELDS)
+
+
+def _write(cgn, directory, programs=None, **kw):
   model, variables = cgn
   args = dict(num=NUM, seed=3, batch_size=BATCH, shard_size=SHARD,
-              fields=FIELDS, progress=False, workers=2)
+              fields=FIELDS, progress=False, workers=2, programs=programs)
   args.update(kw)
   return cf.write_dataset(directory, model, variables, **args)
 
 
 @pytest.fixture(scope="module")
-def dataset(cgn, tmp_path_factory):
-  return _write(cgn, tmp_path_factory.mktemp("cf") / "a")
+def dataset(cgn, programs, tmp_path_factory):
+  return _write(cgn, tmp_path_factory.mktemp("cf") / "a", programs)
 
 
 def _shard_bytes(directory):
   return [p.read_bytes() for p in records.shard_paths(directory)]
 
 
-def test_same_seed_same_bytes_and_labels(cgn, dataset, tmp_path):
-  again = _write(cgn, tmp_path / "b")
+def test_same_seed_same_bytes_and_labels(cgn, programs, dataset, tmp_path):
+  again = _write(cgn, tmp_path / "b", programs)
   assert _shard_bytes(again) == _shard_bytes(dataset)
   src = records.CounterfactualSource(dataset)
   assert [src[i]["index"] for i in range(NUM)] == list(range(NUM))
@@ -96,7 +102,7 @@ def test_labels_name_the_mechanisms_that_made_the_image(cgn, dataset):
   assert mask_err > max(0.05, 4 * np.abs(mask - stored["mask"]).mean())
 
 
-def test_killed_run_resumes_without_gaps_or_duplicates(cgn, dataset,
+def test_killed_run_resumes_without_gaps_or_duplicates(cgn, programs, dataset,
                                                       tmp_path, monkeypatch):
   real = records.ShardedWriter.write_shard
   calls = []
@@ -112,18 +118,21 @@ def test_killed_run_resumes_without_gaps_or_duplicates(cgn, dataset,
 
   monkeypatch.setattr(records.ShardedWriter, "write_shard", dying)
   with pytest.raises(KeyboardInterrupt):
-    _write(cgn, tmp_path / "c")
+    _write(cgn, tmp_path / "c", programs)
   monkeypatch.setattr(records.ShardedWriter, "write_shard", real)
   assert len(list((tmp_path / "c").glob("*.array_record"))) == 1
   with pytest.raises(FileNotFoundError, match="incomplete"):
     records.CounterfactualSource(tmp_path / "c")
-  _write(cgn, tmp_path / "c")                      # the rerun
+  _write(cgn, tmp_path / "c", programs)           # the rerun
   assert _shard_bytes(tmp_path / "c") == _shard_bytes(dataset)
   src = records.CounterfactualSource(tmp_path / "c", decode=False)
   assert sorted(src[i]["index"] for i in range(len(src))) == list(range(NUM))
   assert not list((tmp_path / "c").glob("*.tmp*"))
   with pytest.raises(records.DatasetMismatchError, match="seed"):
-    _write(cgn, tmp_path / "c", seed=4)
+    _write(cgn, tmp_path / "c", programs, seed=4)
+  # Programs of other settings are refused, not silently used.
+  with pytest.raises(ValueError, match="another model or generation"):
+    _write(cgn, tmp_path / "d", programs, truncation=0.4)
 
 
 def test_export_round_trip(dataset, tmp_path):
@@ -169,13 +178,13 @@ def test_class_modes_are_per_image_draws():
   assert cf.parse_classes("207, 933,970") == (207, 933, 970)
 
 
-def test_generate_config_smoke(cgn, tmp_path):
+def test_generate_config_smoke(cgn, programs, tmp_path):
   from configs import counterfactuals_imagenet  # pylint: disable=g-import-not-at-top
   config = counterfactuals_imagenet.get_config(
       f"smoke,batch_size={BATCH}")
   config.fields = ",".join(FIELDS)   # the compiled step of this module
   config.seed = 3
-  out = cf.run_config(config, tmp_path)
+  out = cf.run_config(config, tmp_path, programs=programs)
   src = records.CounterfactualSource(out["counterfactuals"])
   assert len(src) == 16 and (tmp_path / "preview.png").is_file()
   assert (out["export"] / "labels.csv").read_text().count("\n") == 17

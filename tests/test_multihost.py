@@ -547,3 +547,160 @@ def test_sigterm_on_one_process_is_a_flag():
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.1)
     assert stop.requested
+
+
+# ------------------------------------------------------ ImageNet classifier --
+
+_CLASSIFIER_IMAGENET = textwrap.dedent("""
+    import json, pathlib
+    from absl import flags
+    from ml_collections import config_flags
+    from cgn_jax import cli, distributed, weights
+    from cgn_jax.train import classifier_imagenet as trainer
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "config")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "workdir")
+    _SUITE = flags.DEFINE_string("suite_val", None, "an ImageFolder val set")
+    READS = []  # [source name, index] of every example this process read
+
+    class Logged:
+      def __init__(self, source, name):
+        self.source, self.name = source, name
+
+      def __len__(self):
+        return len(self.source)
+
+      def get(self, index, rng=None):
+        READS.append([self.name, int(index)])
+        return self.source.get(index, rng)
+
+    def logged_sources(config):
+      s = trainer.synthetic_sources(config)
+      return trainer.Sources(**{k: Logged(getattr(s, k), k) for k in (
+          "real_train", "real_val", "cf_train", "cf_val")})
+
+    trainer.SOURCES["logged"] = logged_sources
+
+    def main(argv):
+      del argv
+      config = _CONFIG.value
+      programs = trainer.build_programs(
+          config, config.data.synthetic.num_train // config.batch_size)
+      trainer.train_and_evaluate(config, _WORKDIR.value, programs=programs)
+      # The evaluation suite's path (real data): the best variables on
+      # JPEGs of an ImageFolder, each process decoding its rows.
+      variables, _ = weights.load_variables(
+          pathlib.Path(_WORKDIR.value) / "best")
+      config.data.root, config.data.counterfactuals = _SUITE.value, ""
+      suite = trainer._run_suite(  # pylint: disable=protected-access
+          programs, distributed.replicate(variables, programs.mesh), config)
+      print(json.dumps({"reads": READS, "suite": suite}))
+
+    cli.run_absl_app(main)
+""")
+
+
+def _reads(result, name) -> list[int]:
+  return [i for n, i in last_json(result)["reads"] if n == name]
+
+
+@pytest.mark.slow
+def test_classifier_imagenet_two_processes_match_one(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "classifier_imagenet.py"
+  script.write_text(_CLASSIFIER_IMAGENET)
+  val = tmp_path / "val"  # 3 classes x 2 JPEGs for the suite's path
+  rng = np.random.default_rng(0)
+  for c in ("ant", "bee", "cat"):
+    (val / c).mkdir(parents=True)
+    for i in range(2):
+      Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(
+          val / c / f"{i}.JPEG")
+  # Smoke, one epoch of 2 steps: 8 real + 8 of 12 counterfactual images;
+  # 6 + 6 validation images in global batches of 4 (the last one half
+  # padding, which process 1 holds alone); the same for the 6 JPEGs.
+  argv = [str(script), "--config=configs/classifier_imagenet.py:smoke",
+          "--config.data.source=logged", "--config.epochs=1",
+          "--config.data.synthetic.num_train=8", "--config.log_every_steps=1",
+          "--config.read_threads=1", f"--suite_val={val}"]
+  ref, multi = tmp_path / "one", tmp_path / "two"
+  (single,) = launch([*argv, f"--workdir={ref}"], 1, 2)
+  check_ok([single])
+  results = launch([*argv, f"--workdir={multi}"], 2, 1)
+  check_ok(results)
+  # The same global batches, all-reduced over gloo instead of in-process:
+  # the sum of two per-device gradients is the same float either way.
+  assert_states_equal(saved_state(ref, 2), saved_state(multi, 2))
+  one = json.loads((ref / "results.json").read_text())
+  two = json.loads((multi / "results.json").read_text())
+  assert two == one
+  assert metric_records(multi) == metric_records(ref)
+  # Every example is read once, by one process: the training batches split
+  # between the processes, each validation image counted once.
+  for name in ("real_train", "cf_train", "real_val", "cf_val"):
+    parts = [_reads(r, name) for r in results]
+    assert not set(parts[0]) & set(parts[1]), name
+    assert sorted(parts[0] + parts[1]) == sorted(_reads(single, name)), name
+    assert len(set(parts[0] + parts[1])) == len(parts[0] + parts[1]), name
+  assert sorted(_reads(results[0], "real_val") + _reads(
+      results[1], "real_val")) == list(range(6))
+  # The suite's evaluation (JPEGs decoded by rows, labels gathered): the
+  # numbers of one process, on both, each image counted once.
+  suite = last_json(single)["suite"]
+  assert suite["imagenet_val/num_images"] == 6
+  assert [last_json(r)["suite"] for r in results] == [suite, suite]
+  # One set of outputs: the files a single process writes (no temporary
+  # ones left), the same best variables, plus each process's own
+  # data-iterator position.
+  assert sorted(p.name for p in multi.iterdir()) == sorted(
+      p.name for p in ref.iterdir())
+  assert not list(multi.rglob("*.tmp*"))
+  from cgn_jax import weights  # pylint: disable=g-import-not-at-top
+  (best_one, meta_one), (best_two, meta_two) = (
+      weights.load_variables(d / "best") for d in (ref, multi))
+  assert meta_two == meta_one
+  assert_states_equal(best_one, best_two)
+  data = sorted(p.name for p in (multi / "checkpoints" / "2" / "data").glob(
+      "process_*"))
+  assert data == ["process_0-of-2.json", "process_1-of-2.json"]
+  only_main_wrote(results)
+
+
+# ------------------------------------------ ImageNet counterfactual datasets --
+
+_GENERATE_IMAGENET = textwrap.dedent("""
+    from cgn_jax import cli
+    from cgn_jax.counterfactuals import imagenet as cf
+
+    def main(argv):
+      model = cf.smoke_model()
+      cf.write_dataset(argv[1], model, cf.smoke_variables(model), num=10,
+                       seed=3, batch_size=2, shard_size=4, progress=False,
+                       workers=1)
+
+    cli.run_absl_app(main)
+""")
+
+
+def test_imagenet_counterfactuals_split_by_process_into_one_dataset(
+    tmp_path):
+  from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "generate_imagenet.py"
+  script.write_text(_GENERATE_IMAGENET)
+  one, two = tmp_path / "one", tmp_path / "two"
+  check_ok(launch([str(script), str(one)], 1, 1))
+  # A killed two-process run left shard 0 and a partial file: the rerun
+  # splits the two missing shards (4 and 2 images) over the processes.
+  two.mkdir()
+  for name in (records.METADATA, records.shard_name(0, 3)):
+    shutil.copy(one / name, two / name)
+  (two / (records.shard_name(1, 3) + ".tmp-1")).write_bytes(b"partial")
+  check_ok(launch([str(script), str(two)], 2, 1))
+  # The same files, byte for byte: one metadata.json (the index), 3 shards.
+  names = sorted(p.name for p in one.iterdir())
+  assert sorted(p.name for p in two.iterdir()) == names
+  assert len(names) == 4
+  for name in names:
+    assert (two / name).read_bytes() == (one / name).read_bytes(), name
+  src = records.CounterfactualSource(two, decode=False)
+  assert [src[i]["index"] for i in range(len(src))] == list(range(10))

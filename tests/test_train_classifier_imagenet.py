@@ -27,6 +27,13 @@ def _smoke(**overrides):
   return c
 
 
+@pytest.fixture(scope="module")
+def programs():
+  """The smoke config's jitted functions (4 steps per epoch), built once."""
+  c = _smoke()
+  return trainer.build_programs(c, c.data.synthetic.num_train // c.batch_size)
+
+
 # ------------------------------------------------------------------ batches --
 
 
@@ -68,19 +75,24 @@ def test_real_only_batches_and_errors():
 
 
 def test_process_slices_cover_the_global_batch():
-  real = trainer.SyntheticSource(8, 4, 5, seed=0)
-  full = trainer.TrainBatches(real, None, 4, 0, 1, seed=0)[1]
-  parts = [trainer.TrainBatches(real, None, 4, 0, 1, 0, i, 2)[1]
-           for i in range(2)]
-  np.testing.assert_array_equal(
-      np.concatenate([p["real"]["label"] for p in parts]),
-      full["real"]["label"])
+  """Each process's rows, in process order, are the one-process batch:
+  the same examples with the same augmentation (random flips here)."""
+  real = trainer.SyntheticSource(16, 4, 5, seed=0)
+  cf = trainer.SyntheticSource(6, 4, 5, seed=1, counterfactual=True)
+  for step in range(4):
+    full = trainer.TrainBatches(real, cf, 4, 2, 2, seed=0)[step]
+    parts = [trainer.TrainBatches(real, cf, 4, 2, 2, 0, i, 2)[step]
+             for i in range(2)]
+    jax.tree.map(lambda a, *b: np.testing.assert_array_equal(
+        np.concatenate(b), a), full, *parts)
+  with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+    trainer.TrainBatches(real, cf, 4, 2, 2, 0, 0, 3)[0]
 
 
 # ------------------------------------------------------------------- setup --
 
 
-def test_pretrained_backbone_is_required_or_loaded():
+def test_pretrained_backbone_is_required_or_loaded(programs):
   c = _smoke()
   model = trainer.create_model(c)
   c.pretrained = ""
@@ -91,13 +103,14 @@ def test_pretrained_backbone_is_required_or_loaded():
            "batch_stats": {}}
   with pytest.raises(ValueError, match="do not fit"):
     trainer.initial_variables(c, model, jax.random.PRNGKey(0),
-                              load_resnet50=lambda d: wrong)
+                              load_resnet50=lambda d: wrong,
+                              init=programs.init)
   from converters import resnet50 as convert  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="converters resnet50"):
     convert.load_resnet50("/nonexistent")
 
 
-def test_pretrained_backbone_replaces_the_random_one():
+def test_pretrained_backbone_replaces_the_random_one(programs):
   """The converted ResNet-50 (fc dropped) becomes the ensemble's backbone."""
   c = _smoke()
   c.pretrained = "fake_dir"
@@ -114,7 +127,7 @@ def test_pretrained_backbone_replaces_the_random_one():
   seen = []
   v = trainer.initial_variables(
       c, model, jax.random.PRNGKey(0),
-      load_resnet50=lambda d: seen.append(d) or fake)
+      load_resnet50=lambda d: seen.append(d) or fake, init=programs.init)
   assert seen == ["fake_dir"]
   for coll in ("params", "batch_stats"):
     assert "fc" not in v[coll]["backbone"]
@@ -139,9 +152,9 @@ def _final_state(config, workdir):
   return jax.device_get(state)
 
 
-def test_train_resumes_bitwise(tmp_path):
+def test_train_resumes_bitwise(programs, tmp_path):
   straight = tmp_path / "straight"
-  res = trainer.train_and_evaluate(_smoke(), straight)
+  res = trainer.train_and_evaluate(_smoke(), straight, programs=programs)
   assert [r["epoch"] for r in res["epochs"]] == [1, 2]
   first = res["epochs"][0]
   for key in ("train/loss_real", "train/loss_cf", "train/acc1_shape",
@@ -153,16 +166,24 @@ def test_train_resumes_bitwise(tmp_path):
   assert (straight / "metrics.jsonl").is_file()
 
   resumed = tmp_path / "resumed"
-  trainer.train_and_evaluate(_smoke(epochs=1), resumed)
-  res2 = trainer.train_and_evaluate(_smoke(), resumed)
+  trainer.train_and_evaluate(_smoke(epochs=1), resumed, programs=programs)
+  res2 = trainer.train_and_evaluate(_smoke(), resumed, programs=programs)
   assert res2["epochs"] == res["epochs"]
   a, b = _final_state(_smoke(), straight), _final_state(_smoke(), resumed)
   assert int(a.step) == int(b.step) == 8
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_real_only_baseline_runs(tmp_path):
-  res = trainer.train_and_evaluate(_smoke(epochs=1, cf_ratio=0.0), tmp_path)
+def test_programs_of_another_config_are_refused(programs, tmp_path):
+  with pytest.raises(ValueError, match="built for another configuration"):
+    trainer.train_and_evaluate(_smoke(learning_rate=0.5), tmp_path,
+                               programs=programs)
+
+
+def test_real_only_baseline_runs(programs, tmp_path):
+  # The same programs: cf_ratio changes shapes only, not what is compiled in.
+  res = trainer.train_and_evaluate(_smoke(epochs=1, cf_ratio=0.0), tmp_path,
+                                   programs=programs)
   record = res["epochs"][0]
   assert "train/loss_cf" not in record and np.isfinite(
       record["train/loss_real"])
@@ -196,13 +217,16 @@ def _write_counterfactuals(root, split, n, num_classes, seed):
   (sub / "labels.csv").write_text("\n".join(lines) + "\n")
 
 
-def test_real_and_counterfactual_step_on_an_image_folder(tmp_path):
+def test_real_and_counterfactual_step_on_an_image_folder(programs, tmp_path):
   """ImageFolder + counterfactual JPEGs through the torchvision transforms
   (cgn_jax/data), one epoch, then the evaluation suite (ImageNet val and
   counterfactual val; shape bias and IN-9 skipped: no data given)."""
   data = tmp_path / "imagenet"
-  for c, name in enumerate(("ant", "bee", "cat")):  # class indices 0, 1, 2
-    _write_jpegs(data / "train" / name, 4, seed=c)
+  # Class indices 0, 1, 2; 16 training images: the smoke config's 4 steps
+  # per epoch, so the module's programs serve (the data source is not
+  # compiled in).
+  for c, (name, n) in enumerate((("ant", 6), ("bee", 5), ("cat", 5))):
+    _write_jpegs(data / "train" / name, n, seed=c)
     _write_jpegs(data / "val" / name, 1, seed=10 + c)
   cf = tmp_path / "counterfactuals"
   _write_counterfactuals(cf, "train", 6, 10, seed=0)
@@ -213,10 +237,10 @@ def test_real_and_counterfactual_step_on_an_image_folder(tmp_path):
   c.eval.suite = True
   c.eval.before_training = True
   c.eval_batch_size = 2
-  res = trainer.train_and_evaluate(c, tmp_path / "run")
+  res = trainer.train_and_evaluate(c, tmp_path / "run", programs=programs)
   assert res["before_training"]["imagenet_val/num_images"] == 3
   record = res["epochs"][0]
-  assert record["step"] == 3  # 12 real images, batch 4
+  assert record["step"] == 4  # 16 real images, batch 4
   assert np.isfinite(record["train/loss_cf"])
   assert record["imagenet_val/num_images"] == 3
   assert record["counterfactual_val/num_images"] == 3

@@ -22,13 +22,28 @@ premask = f_shape(u, y_shape); mask = clip(U²Net(premask), 1e-4, 0.9999);
 x_gen = mask * f_text(u, y_text) + (1 - mask) * f_bg(u, y_bg).
 
 Unlike upstream (batch 1, one forward per image, SPEC §5), batches of
-`batch_size` images are sharded over every device (a one-axis 'data' mesh,
-variables replicated) and quantised to uint8 on the device; JPEG encoding
-runs in a thread pool while the device computes the next batch. Storage is
-`cgn_jax.data.records` (sharded ArrayRecord, resumable: shard i holds images
-[i * shard_size, ...) and depends only on (weights, seed, mode, i), so a
-killed run that is restarted writes the missing shards and ends with the same
-bytes as an uninterrupted run, given the same batch size and platform).
+`batch_size` images are sharded over this process's devices (a one-axis
+'data' mesh, variables replicated) and quantised to uint8 on the device;
+JPEG encoding runs in a thread pool while the device computes the next
+batch. Storage is `cgn_jax.data.records` (sharded ArrayRecord, resumable:
+shard i holds images [i * shard_size, ...) and depends only on (weights,
+seed, mode, i), so a killed run that is restarted writes the missing shards
+and ends with the same bytes as an uninterrupted run, given the same batch
+size, devices per process and platform).
+
+Several processes (`cgn_jax/distributed.py`): the missing shards are split
+into contiguous shares, one per process; each process computes its share on
+its own devices (no collective per batch) and writes its shard files into
+the one dataset directory, whose metadata.json (the index: every shard is
+named by its number) process 0 writes first. The shards are the ones a
+single process with the same devices would write, byte for byte, and a
+killed run resumes with any number of processes. The directory must be on
+a filesystem every process sees.
+
+The jitted generation step of a configuration is built once, by
+`build_programs`, into a `Programs` object that `write_dataset` and
+`generate` take (and build when not given); nothing is cached behind the
+caller's back.
 
 Interpolation (`interpolate`, used by `python -m cgn_jax.sample
 cgn-imagenet`): upstream's `interp_sheet`: one noise vector (default
@@ -39,15 +54,17 @@ linear in the class vector, so the blend is a soft one-hot.
 """
 
 import concurrent.futures
+import dataclasses
 import functools
 import os
 import pathlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgn_jax import distributed
 from cgn_jax import weights
 from cgn_jax.data import imagenet_classes
 from cgn_jax.data import records
@@ -274,20 +291,24 @@ def counterfactual_forward(model, variables, u, ys, truncation: float):
 _forward_jit = jax.jit(counterfactual_forward, static_argnums=(0, 4))
 
 
-def _mesh():
-  return jax.make_mesh((jax.device_count(),), ("data",))
+def local_mesh() -> jax.sharding.Mesh:
+  """A one-axis 'data' mesh over this process's devices.
+
+  Generation needs no collective: with several processes each one computes
+  its own shards on its own devices.
+  """
+  return jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
 
 
-@functools.lru_cache(maxsize=16)  # one compilation per configuration
-def make_step(model, *, mode: str, classes, truncation: float,
-              normalize: str, fields: tuple[str, ...]):
+def make_step(model, mesh, *, mode: str, classes, truncation: float,
+              normalize: str, fields: tuple[str, ...]) -> Callable:
   """Jitted (variables, key, indices [B]) -> uint8 images, labels, extras.
 
-  The batch is sharded over all devices; variables are replicated.
-  Returns {'image' [B, H, W, 3] uint8, 'labels' [B, 3] int32,
-  'mask_mean' [B] float32, and the requested `fields` as uint8}.
+  New at every call (`build_programs` makes the one of a run). The batch is
+  sharded over `mesh`; variables are replicated on it. Returns {'image'
+  [B, H, W, 3] uint8, 'labels' [B, 3] int32, 'mask_mean' [B] float32, and
+  the requested `fields` as uint8}.
   """
-  mesh = _mesh()
   P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
   batch = jax.sharding.NamedSharding(mesh, P("data"))
   repl = jax.sharding.NamedSharding(mesh, P())
@@ -308,30 +329,89 @@ def make_step(model, *, mode: str, classes, truncation: float,
   return jax.jit(step, in_shardings=(repl, repl, batch), out_shardings=batch)
 
 
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """The jitted generation step of one configuration (`build_programs`).
+
+  `generate` and `write_dataset` build one unless given one; callers that
+  generate several datasets of the same configuration in a process (tests,
+  benchmarks) pass one to all, so the step is traced and compiled once.
+  `key` records the configuration; a Programs of another is refused.
+  """
+  key: tuple
+  mesh: jax.sharding.Mesh
+  step: Callable  # (variables, key, indices) -> `make_step`'s outputs
+
+
+def programs_key(model, *, mode: str, classes, truncation: float,
+                 normalize: str, fields: Sequence[str]) -> tuple:
+  """What the generation step depends on (hashable, comparable)."""
+  return (model, mode, check_mode(mode, classes),
+          imagenet_cgn.check_truncation(truncation), normalize,
+          tuple(sorted(fields)))
+
+
+def build_programs(model, *, mode: str = "random", classes=None,
+                   truncation: float = 0.5, normalize: str = "range",
+                   fields: Sequence[str] = (), mesh=None) -> Programs:
+  """Builds (does not compile yet) the generation step of a configuration.
+
+  Args:
+    model: the ImageNet CGN.
+    mode, classes, truncation, normalize, fields: as `write_dataset`.
+    mesh: default `local_mesh()` (this process's devices).
+  """
+  key = programs_key(model, mode=mode, classes=classes,
+                     truncation=truncation, normalize=normalize,
+                     fields=fields)
+  mesh = mesh if mesh is not None else local_mesh()
+  _, mode, classes, truncation, normalize, fields = key
+  return Programs(key=key, mesh=mesh, step=make_step(
+      model, mesh, mode=mode, classes=classes, truncation=truncation,
+      normalize=normalize, fields=fields))
+
+
+def _programs_for(programs: Programs | None, model, **kw) -> Programs:
+  if programs is None:
+    return build_programs(model, **kw)
+  if programs.key != programs_key(model, **kw):
+    raise ValueError("the given Programs were built for another model or "
+                     "generation setting; build them with build_programs("
+                     "model, mode=..., ...) of this one")
+  return programs
+
+
 def generate(model, variables, ranges: Sequence[tuple[int, int]], *,
              seed: int, mode: str = "random", classes=None,
              truncation: float = 0.5, batch_size: int = 64,
-             normalize: str = "range", fields: Sequence[str] = ()
+             normalize: str = "range", fields: Sequence[str] = (),
+             programs: Programs | None = None
              ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
   """Yields (start, host batch) for each [start, stop) range, in order.
 
   Each range is at most `batch_size` images; shorter ones are padded (the
   compiled shape never changes) and trimmed. The next batch is dispatched
   before the current one is copied to the host, so the device keeps busy
-  while the caller encodes and writes.
+  while the caller encodes and writes. Runs on this process's devices
+  (`programs.mesh`), whatever the other processes do.
+
+  Args:
+    programs: `build_programs(model, mode=..., ...)` of these settings to
+      reuse; by default one is built (and compiled) here.
   """
-  if batch_size % jax.device_count():
+  programs = _programs_for(programs, model, mode=mode, classes=classes,
+                           truncation=truncation, normalize=normalize,
+                           fields=fields)
+  devices = programs.mesh.devices.size
+  if batch_size % devices:
     raise ValueError(f"batch_size={batch_size} must be a multiple of the "
-                     f"{jax.device_count()} devices")
-  classes = check_mode(mode, classes)
-  step = make_step(model, mode=mode, classes=classes,
-                   truncation=imagenet_cgn.check_truncation(truncation),
-                   normalize=normalize, fields=tuple(sorted(fields)))
+                     f"{devices} devices")
+  step = programs.step
   key = jax.random.PRNGKey(seed)
   pad = np.arange(batch_size, dtype=np.int32)
   # Replicate the weights once, not once per call (a full CGN is ~1 GB).
   variables = jax.device_put(variables, jax.sharding.NamedSharding(
-      _mesh(), jax.sharding.PartitionSpec()))
+      programs.mesh, jax.sharding.PartitionSpec()))
 
   def launch(start, stop):
     if stop - start > batch_size:
@@ -369,8 +449,12 @@ def write_dataset(directory, model, variables, *, num: int, seed: int = 0,
                   normalize: str = "range", fields: Sequence[str] = (),
                   weights_sha256: str | None = None,
                   overwrite: bool = False, progress: bool = True,
-                  workers: int | None = None) -> pathlib.Path:
+                  workers: int | None = None,
+                  programs: Programs | None = None) -> pathlib.Path:
   """Generates (or finishes) a counterfactual dataset in `directory`.
+
+  With several processes every process calls it with the same arguments:
+  each writes its share of the missing shards (see the module docstring).
 
   Args:
     directory: the dataset directory (`cgn_jax.data.records` layout).
@@ -381,8 +465,10 @@ def write_dataset(directory, model, variables, *, num: int, seed: int = 0,
       'fixed_classes'.
     truncation: noise truncation and BigGAN statistics (0.5: the paper's
       datasets).
-    batch_size: images per device call (a multiple of the device count).
-    shard_size: images per shard file (the unit of resumption).
+    batch_size: images per device call (a multiple of this process's
+      device count).
+    shard_size: images per shard file (the unit of resumption and of the
+      split over processes).
     quality: JPEG quality (75 = PIL's default, which upstream's
       `save_image` used).
     normalize: 'range' ((x + 1) / 2) or 'minmax' (upstream's per-image
@@ -390,8 +476,10 @@ def write_dataset(directory, model, variables, *, num: int, seed: int = 0,
     fields: extras to store: 'mask', 'foreground', 'background'.
     weights_sha256: identity of the weights (default: computed).
     overwrite: delete an existing dataset in `directory` first.
-    progress: show a tqdm bar.
+    progress: show a tqdm bar (process 0's share).
     workers: JPEG encoding threads (default: CPU count).
+    programs: `build_programs(model, mode=..., ...)` of these settings to
+      reuse; by default one is built (and compiled) here.
 
   Returns:
     The directory, complete.
@@ -400,15 +488,19 @@ def write_dataset(directory, model, variables, *, num: int, seed: int = 0,
   if normalize not in records.NORMALIZE:
     raise ValueError(f"normalize={normalize!r}; use one of "
                      f"{records.NORMALIZE}")
+  programs = _programs_for(programs, model, mode=mode, classes=classes,
+                           truncation=truncation, normalize=normalize,
+                           fields=fields)
   meta = dataset_metadata(
       weights_sha256=weights_sha256 or variables_sha256(variables),
       seed=seed, mode=mode, classes=classes, truncation=truncation,
       quality=quality, normalize=normalize,
       dtype=jnp.dtype(model.dtype).name)
-  writer = records.ShardedWriter(directory, num=num, shard_size=shard_size,
-                                 metadata=meta, fields=fields,
-                                 overwrite=overwrite)
-  shards = writer.missing_shards()
+  writer = _open_writer(directory, num=num, shard_size=shard_size,
+                        metadata=meta, fields=fields, overwrite=overwrite)
+  missing = writer.missing_shards()
+  p, n = jax.process_index(), jax.process_count()
+  shards = missing[len(missing) * p // n:len(missing) * (p + 1) // n]
   ranges, owner = [], []
   for s in shards:
     start, stop = writer.shard_range(s)
@@ -416,17 +508,22 @@ def write_dataset(directory, model, variables, *, num: int, seed: int = 0,
       ranges.append((a, min(a + batch_size, stop)))
       owner.append(s)
   bar = None
-  if progress:
+  if progress and distributed.is_main_process():
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=num, initial=num - sum(b - a for a, b in ranges),
-               unit="img", desc="counterfactuals")
+    total = sum(b - a for a, b in ranges)
+    if n == 1:
+      bar = tqdm(total=num, initial=num - total, unit="img",
+                 desc="counterfactuals")
+    else:
+      bar = tqdm(total=total, unit="img",
+                 desc=f"counterfactuals (process 0 of {n})")
   pending: dict[int, list[bytes]] = {}
   with concurrent.futures.ThreadPoolExecutor(
       workers or os.cpu_count() or 1) as pool:
     batches = generate(model, variables, ranges, seed=seed, mode=mode,
                        classes=classes, truncation=truncation,
                        batch_size=batch_size, normalize=normalize,
-                       fields=fields)
+                       fields=fields, programs=programs)
     for (start, batch), s in zip(batches, owner):
       pending.setdefault(s, []).extend(records.encode_records(
           start, batch["image"], batch["labels"], quality=quality,
@@ -438,10 +535,32 @@ def write_dataset(directory, model, variables, *, num: int, seed: int = 0,
         bar.update(len(batch["image"]))
   if bar is not None:
     bar.close()
+  distributed.sync("cgn_jax.counterfactuals.imagenet.written")
   if not writer.is_complete():  # a shard was written by no batch: a bug
     raise RuntimeError(f"{directory}: shards {writer.missing_shards()} "
                        "still missing")
   return pathlib.Path(directory)
+
+
+def _open_writer(directory, *, overwrite: bool, **kw) -> records.ShardedWriter:
+  """The dataset's writer, opened by every process of a run.
+
+  Process 0 opens it first (deleting an old dataset with `overwrite`,
+  writing metadata.json, removing a killed run's temporary files); then
+  the others open the same dataset (checking its metadata). Nobody writes
+  a shard before every process has opened it, so no process removes
+  another's temporary file, and all see the same missing shards.
+  """
+  if jax.process_count() == 1:
+    return records.ShardedWriter(directory, overwrite=overwrite, **kw)
+  writer = None
+  if distributed.is_main_process():
+    writer = records.ShardedWriter(directory, overwrite=overwrite, **kw)
+  distributed.sync("cgn_jax.counterfactuals.imagenet.created")
+  if writer is None:
+    writer = records.ShardedWriter(directory, overwrite=False, **kw)
+  distributed.sync("cgn_jax.counterfactuals.imagenet.opened")
+  return writer
 
 
 # ---------------------------------------------------------- interpolation --
@@ -541,11 +660,20 @@ def counterfactual_grid(model, variables, classes: Sequence[int], *, u=None,
 # ----------------------------------------------------------------- driver --
 
 
-def run_config(config, workdir) -> dict[str, pathlib.Path]:
+def run_config(config, workdir, *,
+               programs: Programs | None = None) -> dict[str, pathlib.Path]:
   """generate.py for configs/counterfactuals_imagenet.py.
 
   Writes WORKDIR/counterfactuals/ (records), WORKDIR/preview.png and, when
-  `config.export_dir` is set, upstream's layout there.
+  `config.export_dir` is set, upstream's layout there. With several
+  processes they share the generation (`write_dataset`); process 0 writes
+  the preview, the export and config.json.
+
+  Args:
+    config: a configs/counterfactuals_imagenet.py config.
+    workdir: the output directory.
+    programs: `build_programs` of the config's model and settings to reuse;
+      by default built here.
   """
   from cgn_jax.train import common  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
@@ -561,18 +689,23 @@ def run_config(config, workdir) -> dict[str, pathlib.Path]:
       classes=parse_classes(config.classes), truncation=config.truncation,
       batch_size=config.batch_size, shard_size=config.shard_size,
       quality=config.jpeg_quality, normalize=config.normalize, fields=fields,
-      weights_sha256=info["sha256"], overwrite=config.overwrite)
-  src = records.CounterfactualSource(out["counterfactuals"])
-  preview = np.stack([src[i]["image"] for i in range(min(32, len(src)))])
-  common.save_image_grid(workdir / "preview.png",
-                         preview.astype(np.float32) / 127.5 - 1.0, nrow=8)
+      weights_sha256=info["sha256"], overwrite=config.overwrite,
+      programs=programs)
   if config.export_dir:
     export = pathlib.Path(config.export_dir)
     if not export.is_absolute():
       export = workdir / export
-    out["export"] = records.export_upstream(
-        out["counterfactuals"], export, run_name=config.run_name or None,
-        fields=fields)
+    out["export"] = export
+  if distributed.is_main_process():
+    src = records.CounterfactualSource(out["counterfactuals"])
+    preview = np.stack([src[i]["image"] for i in range(min(32, len(src)))])
+    common.save_image_grid(workdir / "preview.png",
+                           preview.astype(np.float32) / 127.5 - 1.0, nrow=8)
+    if config.export_dir:
+      records.export_upstream(out["counterfactuals"], out["export"],
+                              run_name=config.run_name or None,
+                              fields=fields)
   common.write_json(workdir / "config.json",
                     dict(config.to_dict(), cgn_sha256=info["sha256"]))
+  distributed.sync("cgn_jax.counterfactuals.imagenet.run_config")
   return out

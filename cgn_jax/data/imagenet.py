@@ -31,7 +31,8 @@ Batches are dicts of numpy arrays, `image` float32 [b, 224, 224, 3]
 normalised (ImageNet or IN-9 statistics), labels int32. Sharding: a global
 batch of b rows is cut into `shard_count` equal slices and shard i decodes
 only rows [i·b/n, (i+1)·b/n) of every global batch, so all processes walk the
-same global order (multi-host training passes jax.process_index/count).
+same global order (multi-host training passes jax.process_index/count;
+`process_batches` does it for evaluation and gathers the labels).
 
 Randomness: the epoch order and the counterfactual draw come from
 `np.random.default_rng((seed, epoch, ...))`, each image's augmentation from
@@ -574,6 +575,39 @@ def eval_dataset(source, batch_size: int, *, kind: str = "imagenet",
                               size=size)
   return (grain.MapDataset.range(len(mine)).map(loader)
           .batch(local, batch_fn=collate))
+
+
+def process_batches(source, batch_size: int, *, kind: str = "imagenet",
+                    **kwargs):
+  """Every image of `source` once, split over the processes of a run.
+
+  Each process decodes only its rows of every global batch (`eval_dataset`
+  with shard_index / shard_count = this process / the process count) and
+  receives, with its own images, the labels and mask of the whole global
+  batch (gathered from every process). An `apply_fn` given such batches
+  maps this process's images to the outputs of the whole global batch (the
+  classifier trainer's does: a global jax.Array from the local rows, the
+  outputs gathered), so the accuracy code sees global batches, every
+  process computes the same numbers and each image counts once. With one
+  process this is `iterate(eval_dataset(source, batch_size, kind=kind))`.
+
+  Args:
+    source: a random-access source (see the module docstring).
+    batch_size: the GLOBAL batch size.
+    kind: see `eval_dataset`.
+    **kwargs: passed to `iterate` (worker_count, threads, ...).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from cgn_jax import distributed  # pylint: disable=g-import-not-at-top
+  n = jax.process_count()
+  ds = eval_dataset(source, batch_size, kind=kind,
+                    shard_index=jax.process_index(), shard_count=n)
+  for batch in iterate(ds, **kwargs):
+    if n > 1:
+      batch = dict(distributed.gather_rows(
+          {k: v for k, v in batch.items() if k != "image"}),
+                   image=batch["image"])
+    yield batch
 
 
 # --------------------------------------------------------------- training --

@@ -156,10 +156,10 @@ def evaluate(apply_fn: Callable, root: os.PathLike | str, batch_size: int,
   for v in variations:
     if not (root / v).is_dir():
       continue
-    ds = imagenet.eval_dataset(variation_source(root, v), batch_size,
-                               kind="in9")
-    res[v] = evaluate_variation(apply_fn,
-                                imagenet.iterate(ds, **batch_kwargs), table)
+    batches = imagenet.process_batches(variation_source(root, v),
+                                       batch_size, kind="in9",
+                                       **batch_kwargs)
+    res[v] = evaluate_variation(apply_fn, batches, table)
   if not res:
     raise imagenet.DataError(f"none of {list(variations)} under {root}. "
                              f"{HELP}")

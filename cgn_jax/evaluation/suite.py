@@ -27,8 +27,8 @@ from cgn_jax.evaluation import shape_bias
 PARTS = ("imagenet_val", "counterfactual_val", "shape_bias", "in9")
 
 def _iterate(source, batch_size, kind, worker_count):
-  ds = imagenet.eval_dataset(source, batch_size, kind=kind)
-  return imagenet.iterate(ds, worker_count=worker_count)
+  return imagenet.process_batches(source, batch_size, kind=kind,
+                                  worker_count=worker_count)
 
 
 def _imagenet_val(apply_fn, path, batch_size, workers):
@@ -79,6 +79,11 @@ def run_suite(apply_fn: Callable, data: dict, *, batch_size: int = 64,
               worker_count: int = 0, log=print) -> dict:
   """Runs every part whose data is given and present.
 
+  With several processes each decodes only its rows of every global batch
+  (`imagenet.process_batches`): `apply_fn` then gets this process's images
+  and returns the outputs of the whole global batch (as `make_apply_fn`'s
+  does), and every process returns the same results.
+
   Args:
     apply_fn: images float32 [B, 224, 224, 3] -> the ensemble's outputs
       (see cgn_jax.evaluation.accuracy).
@@ -111,13 +116,25 @@ def run_suite(apply_fn: Callable, data: dict, *, batch_size: int = 64,
 
 
 def make_apply_fn(model, variables) -> Callable:
-  """A jitted images -> outputs dict (the five logits) of the ensemble."""
+  """A jitted images -> outputs dict (the five logits) of the ensemble.
+
+  With several processes the images are this process's rows of a global
+  batch (see `run_suite`): they are split over every device of every
+  process and the outputs of the whole global batch come back.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  from cgn_jax import distributed  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def apply(variables, images):
     _, aux = model.apply(variables, images, train=False)
     return {k: aux[k] for k in accuracy.OUTPUTS}
 
+  if jax.process_count() > 1:
+    mesh = distributed.data_mesh()
+    rows = jax.sharding.NamedSharding(mesh, distributed.P("data"))
+    variables = distributed.replicate(variables, mesh)
+    return lambda images: distributed.to_host(
+        apply(variables, distributed.global_batch(images, rows)))
   variables = jax.device_put(variables)
   return lambda images: jax.device_get(apply(variables, images))

@@ -115,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     raise ValueError("the given Programs were built for another "
                      "configuration; build them with build_programs(config)")
   mesh = programs.mesh
-  vgg_variables = (jax.device_put(vgg_variables, common.replicated(mesh))
+  vgg_variables = (common.replicate(vgg_variables, mesh)
                    if programs.models.vgg is not None else None)
   common.write_json(workdir / "config.json", config.to_dict())
 
@@ -143,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         "--config.overwrite=True")
   step = int(states[0].step)
   num_steps = single.total_steps(config, steps_per_epoch)
-  state = jax.device_put(stack(states), common.replicated(mesh))
+  state = common.replicate(stack(states), mesh)
   del states
   steps_fn = make_steps(programs)
   k_max = max(1, int(config.steps_per_call))

@@ -30,6 +30,20 @@ grain iterator checkpoints and resumes bitwise. Each epoch reshuffles the real
 set and resamples the counterfactual pool (replicated when smaller than
 cf_batch x steps_per_epoch, sampled without replacement), as upstream.
 
+Several processes (`cgn_jax/distributed.py`): `batch_size` is the global
+batch; each process reads and decodes only its rows of every step's real and
+counterfactual batch (`distributed.process_rows`) and of every evaluation
+batch, so every example is read once per epoch and counted once; the
+parameters are replicated, the gradients all-reduced. Each process
+checkpoints its own data-iterator position (resume with the same number of
+processes); only process 0 writes config.json, metrics, results.json, best/
+and the progress bar.
+
+The jitted functions of a run (initialiser, train step, evaluation) are
+built once, by `build_programs`, into a `Programs` object that a caller may
+pass to several runs of the same configuration (nothing is cached behind its
+back).
+
 Outputs in WORKDIR: config.json, metrics.jsonl (every log_every_steps and per
 epoch), results.json (per epoch: train losses and accuracies, validation
 top-1/top-5), checkpoints/ (state + data iterator every epoch and on
@@ -39,6 +53,7 @@ the converters' format: `converters.resnet50.load_ensemble`).
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import time
@@ -53,6 +68,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import distributed
+from cgn_jax import provenance
 from cgn_jax import weights
 from cgn_jax.models import ensemble as ensemble_lib
 from cgn_jax.models import resnet_weights
@@ -96,12 +113,6 @@ def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
       decay_rate=config.lr_decay, staircase=True)
 
 
-def optimizer_key(config, steps_per_epoch: int) -> tuple:
-  """The optimizer's hyperparameters, hashable (keys the step cache)."""
-  return (config.learning_rate, config.momentum, config.weight_decay,
-          config.lr_decay, config.lr_decay_every_epochs, steps_per_epoch)
-
-
 def make_optimizer(config, steps_per_epoch: int):
   """torch's SGD(lr, momentum, weight_decay) as an optax chain.
 
@@ -126,7 +137,8 @@ def create_train_state(variables, tx) -> TrainState:
                     opt_state=tx.init(variables["params"]), sums=zero_sums())
 
 
-def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
+def initial_variables(config, model, rng: jax.Array, load_resnet50=None, *,
+                      init: Callable | None = None):
   """The ensemble's variables, with a pretrained backbone if configured.
 
   Args:
@@ -136,12 +148,14 @@ def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
     rng: initialises the heads (and the backbone when not pretrained).
     load_resnet50: `directory -> ResNet-50 variables` (default: the strict
       loader of converted directories; tests inject others).
+    init: `make_initializer(model, image_size)` (a run's `Programs.init`);
+      by default a new one (one compilation).
 
   Returns:
     {'params', 'batch_stats'}.
   """
   spec = str(config.pretrained)
-  init = _jit_init(model, config.data.image_size)
+  init = init or make_initializer(model, config.data.image_size)
   if spec.lower() == "none":
     logging.warning("pretrained='none': the backbone starts from random "
                     "weights (upstream runs use --pretrained)")
@@ -167,9 +181,8 @@ def initial_variables(config, model, rng: jax.Array, load_resnet50=None):
   return variables
 
 
-@functools.lru_cache(maxsize=4)
-def _jit_init(model, image_size: int):
-  # One compilation per model and size for every trainer in the process.
+def make_initializer(model, image_size: int) -> Callable:
+  """Jitted rng -> the ensemble's random {'params', 'batch_stats'} (new)."""
   return jax.jit(functools.partial(ensemble_lib.init_variables, model,
                                    image_size=image_size))
 
@@ -263,18 +276,8 @@ def train_step(state: TrainState, batch, *, model, tx):
   return new, {"loss_real": aux["loss_real"], "loss_cf": aux["loss_cf"]}
 
 
-@functools.lru_cache(maxsize=4)
-def compiled_train_step(model, opt_key: tuple) -> Callable:
-  """`train_step` jitted with the state donated, one per (model, optimizer).
-
-  Cached so that trainers in one process (tests, benchmarks, a resumed run)
-  share its compilations.
-  """
-  lr, momentum, wd, decay, every, spe = opt_key
-  config = ml_collections.ConfigDict(dict(
-      learning_rate=lr, momentum=momentum, weight_decay=wd, lr_decay=decay,
-      lr_decay_every_epochs=every))
-  tx = make_optimizer(config, spe)
+def make_train_step(model, tx) -> Callable:
+  """`train_step` jitted with the state donated (new; `Programs` holds one)."""
   return jax.jit(functools.partial(train_step, model=model, tx=tx),
                  donate_argnums=(0,))
 
@@ -293,7 +296,10 @@ def epoch_train_metrics(sums: Mapping[str, Any]) -> dict:
 
 
 def eval_step(variables, batch, *, model, pairs):
-  """Summed top-1 / top-5 hits of (output, label key) pairs; weight-0 pads."""
+  """Summed top-1 / top-5 hits of (output, label key) pairs; weight-0 pads.
+
+  `pairs` is static: `make_eval_step` jits one program per pairs value.
+  """
   _, out = model.apply(variables, batch["image"], train=False)
   w = batch["weight"]
   res = {}
@@ -302,6 +308,79 @@ def eval_step(variables, batch, *, model, pairs):
       hit = topk_correct(out[output], batch[label], k)
       res[f"{output}/{k}"] = jnp.sum(hit.astype(jnp.float32) * w)
   return res
+
+
+def make_eval_step(model) -> Callable:
+  """Jitted (variables, batch, pairs=...) -> `eval_step`'s sums (new)."""
+  return jax.jit(functools.partial(eval_step, model=model),
+                 static_argnames=("pairs",))
+
+
+def make_outputs(model) -> Callable:
+  """Jitted (variables, images) -> the five logits (the suite's apply)."""
+  def outputs(variables, images):
+    _, out = model.apply(variables, images, train=False)
+    return {k: out[k] for k in ensemble_lib.OUTPUTS}
+  return jax.jit(outputs)
+
+
+# --------------------------------------------------------------- programs --
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """Everything jitted for one configuration, built once (`build_programs`).
+
+  A run builds its own unless given one; tests and benchmarks that train
+  the same configuration several times in a process pass one `Programs` to
+  each run, so every program is traced and compiled once. `key` records the
+  configuration (and steps per epoch: the learning-rate schedule's) it was
+  built for; `train_and_evaluate` refuses another.
+  """
+  key: str
+  model: ensemble_lib.InvariantEnsemble
+  mesh: Any
+  tx: optax.GradientTransformation
+  init: Callable        # rng -> random {'params', 'batch_stats'}
+  train_step: Callable  # (state, global batch) -> (state, metrics); donates
+  eval_step: Callable   # (variables, global batch, pairs=...) -> hit sums
+  outputs: Callable     # (variables, global images) -> the five logits
+
+
+def programs_key(config, steps_per_epoch: int) -> str:
+  """What the jitted programs bake in, as a JSON string.
+
+  The model, the image size and classes, the optimizer and its schedule.
+  Batch sizes and cf_ratio only change shapes (the same jitted functions
+  trace them anew); data paths, seeds and logging change no program.
+  """
+  record = {"model": config.model.to_dict(),
+            "image_size": config.data.image_size,
+            "num_classes": config.data.num_classes,
+            "steps_per_epoch": int(steps_per_epoch),
+            **{k: config[k] for k in ("learning_rate", "momentum",
+                                      "weight_decay", "lr_decay",
+                                      "lr_decay_every_epochs")}}
+  return json.dumps(provenance.normalise(record), sort_keys=True)
+
+
+def build_programs(config, steps_per_epoch: int, *, mesh=None) -> Programs:
+  """Builds (does not compile yet) the jitted functions of `config`.
+
+  Args:
+    config: a configs/classifier_imagenet.py config.
+    steps_per_epoch: training steps per epoch (len(real train) // batch);
+      the learning-rate schedule counts in it.
+    mesh: the data mesh (default `common.make_mesh()`).
+  """
+  model = create_model(config)
+  tx = make_optimizer(config, steps_per_epoch)
+  return Programs(
+      key=programs_key(config, steps_per_epoch), model=model,
+      mesh=mesh if mesh is not None else common.make_mesh(), tx=tx,
+      init=make_initializer(model, config.data.image_size),
+      train_step=make_train_step(model, tx), eval_step=make_eval_step(model),
+      outputs=make_outputs(model))
 
 
 # ------------------------------------------------------------------- data --
@@ -424,7 +503,11 @@ class TrainBatches:
   or step, position), so batch s is the same whenever it is read: a
   resumed run sees exactly the batches of an uninterrupted one.
 
-  With several processes each builds its own slice of the global batch.
+  With several processes each reads only its rows of every global batch
+  (`distributed.process_rows`: process p of n the p-th n-th of the real and
+  of the counterfactual batch); an example's augmentation is seeded by its
+  position in the global batch, so the processes' slices, in process order,
+  are the one-process batch.
   """
 
   def __init__(self, real: Source, cf: Source | None, batch: int,
@@ -460,24 +543,26 @@ class TrainBatches:
         pool * mult, n, replace=False)
     return draw % pool
 
-  def _local(self, indices: np.ndarray) -> np.ndarray:
-    share = len(indices) // self.pc
-    return indices[self.pi * share:(self.pi + 1) * share]
-
   def _examples(self, source, indices, step: int, stream: int):
+    """This process's rows of a global batch of `indices`, augmented.
+
+    Row j of the global batch draws from (seed, stream, step, j) whichever
+    process reads it.
+    """
+    mine = distributed.process_rows(len(indices), self.pi, self.pc)
     return _stack([
-        source.get(int(i), np.random.default_rng([self.seed, stream, step,
-                                                  j]))
-        for j, i in enumerate(indices)])
+        source.get(int(indices[j]),
+                   np.random.default_rng([self.seed, stream, step, j]))
+        for j in range(mine.start, mine.stop)])
 
   def __getitem__(self, step: int) -> dict:
     epoch, k = divmod(int(step), self.steps_per_epoch)
     idx = self._real_order(epoch)[k * self.batch:(k + 1) * self.batch]
-    out = {"real": self._examples(self.real, self._local(idx), step, 2)}
+    out = {"real": self._examples(self.real, idx, step, 2)}
     if self.cf is not None:
       cb = self.cf_batch
       idx = self._cf_order(epoch)[k * cb:(k + 1) * cb]
-      out["cf"] = self._examples(self.cf, self._local(idx), step, 3)
+      out["cf"] = self._examples(self.cf, idx, step, 3)
     return out
 
 
@@ -500,42 +585,42 @@ def make_train_iterator(batches: TrainBatches, threads: int, prefetch: int,
 # ------------------------------------------------------------- evaluation --
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_eval(model, pairs):
-  return jax.jit(functools.partial(eval_step, model=model, pairs=pairs))
-
-
-def evaluate(model, variables, source: Source, pairs, batch_size: int,
-             mesh, limit: int = 0) -> dict:
+def evaluate(programs: Programs, variables, source: Source, pairs,
+             batch_size: int, limit: int = 0) -> dict:
   """Exact top-1 / top-5 (%) over every example of `source` (in order).
 
-  The last partial batch is padded with weight-0 examples, so the
-  denominator is the number of examples, not batches x batch size.
+  The examples go in global batches of `batch_size`; each process reads only
+  its rows of each (`distributed.process_rows`), so with several processes
+  every example is still read once. The last batch is filled with zero
+  weight-0 rows, so the denominator is the number of examples, not batches
+  x batch size.
 
   Args:
-    model: the ensemble.
-    variables: its {'params', 'batch_stats'}.
+    programs: the run's `Programs` (its eval_step and mesh).
+    variables: the ensemble's {'params', 'batch_stats'}.
     source: evaluation examples (deterministic transform).
     pairs: ((output name, label key), ...), e.g. (('avg', 'label'),).
-    batch_size: a multiple of the device count.
-    mesh: the data mesh.
+    batch_size: the global batch, a multiple of the device count.
     limit: evaluate the first `limit` examples only (0: all).
 
   Returns:
     {'{output}/1': top-1 %, '{output}/5': top-5 %, 'num': N}.
   """
-  step = _jit_eval(model, tuple(pairs))
   n = len(source) if not limit else min(limit, len(source))
-  sums = {}
+  mine = distributed.process_rows(batch_size)
+  pairs = tuple(pairs)
+  template, sums = None, {}
   for start in range(0, n, batch_size):
-    ex = [source.get(i, None) for i in range(start, min(start + batch_size,
-                                                        n))]
-    pad = batch_size - len(ex)
-    ex += [ex[-1]] * pad
-    batch = _stack(ex)
-    batch["weight"] = np.array([1.0] * (batch_size - pad) + [0.0] * pad,
-                               np.float32)
-    res = step(variables, common.shard_batch(batch, mesh))
+    rows = range(start + mine.start, start + mine.stop)
+    ex = [source.get(i, None) for i in rows if i < n]
+    template = template or (ex[0] if ex else source.get(0, None))
+    pad = len(rows) - len(ex)
+    zero = {k: np.zeros_like(np.asarray(v)) for k, v in template.items()}
+    batch = _stack(ex + [zero] * pad)
+    batch["weight"] = np.array([1.0] * len(ex) + [0.0] * pad, np.float32)
+    res = programs.eval_step(variables,
+                             common.shard_batch(batch, programs.mesh),
+                             pairs=pairs)
     for k, v in res.items():
       sums[k] = sums.get(k, 0.0) + float(v)
   out = {k: 100.0 * v / max(n, 1) for k, v in sums.items()}
@@ -543,7 +628,8 @@ def evaluate(model, variables, source: Source, pairs, batch_size: int,
   return out
 
 
-def validate(model, variables, sources: Sources, config, mesh) -> dict:
+def validate(programs: Programs, variables, sources: Sources,
+             config) -> dict:
   """The per-epoch validation: the paper's suite, or top-k on `sources`.
 
   With `eval.suite` (real data) it runs cgn_jax.evaluation.suite: ImageNet
@@ -551,37 +637,27 @@ def validate(model, variables, sources: Sources, config, mesh) -> dict:
   bias per head (eval.cue_conflict) and the backgrounds challenge (eval.in9),
   each skipped with a message when its data is absent. Otherwise (synthetic
   data, smoke runs) it scores `sources.real_val` / `sources.cf_val` the same
-  way (upstream `validate_imagenet` / `validate_counterfactual`).
+  way (upstream `validate_imagenet` / `validate_counterfactual`). Every
+  process returns the same numbers (each example counted once).
 
   Returns:
     Flat {name: value}; 'acc1/1_real' is the real top-1 (% ) that picks the
     best checkpoint, as upstream after the [FA] fix.
   """
   if config.eval.suite:
-    return _run_suite(model, variables, config)
+    return _run_suite(programs, variables, config)
   metrics = {}
   bs, limit = config.eval_batch_size, config.eval_limit
   if sources.real_val is not None and len(sources.real_val):
-    r = evaluate(model, variables, sources.real_val, (("avg", "label"),),
-                 bs, mesh, limit)
+    r = evaluate(programs, variables, sources.real_val, (("avg", "label"),),
+                 bs, limit)
     metrics["acc1/1_real"], metrics["acc5/1_real"] = r["avg/1"], r["avg/5"]
   if sources.cf_val is not None and len(sources.cf_val):
-    r = evaluate(model, variables, sources.cf_val,
-                 tuple((h, h) for h in HEADS), bs, mesh, limit)
+    r = evaluate(programs, variables, sources.cf_val,
+                 tuple((h, h) for h in HEADS), bs, limit)
     for h in HEADS:
       metrics[f"acc1/{h}"], metrics[f"acc5/{h}"] = r[f"{h}/1"], r[f"{h}/5"]
   return metrics
-
-
-@functools.lru_cache(maxsize=4)
-def _jit_outputs(model):
-  # One compilation for every epoch's evaluation (the suite's own
-  # make_apply_fn would jit afresh each time).
-  @jax.jit
-  def outputs(variables, images):
-    _, out = model.apply(variables, images, train=False)
-    return {k: out[k] for k in ensemble_lib.OUTPUTS}
-  return outputs
 
 
 def _flatten(tree, prefix="") -> dict:
@@ -595,10 +671,21 @@ def _flatten(tree, prefix="") -> dict:
   return out
 
 
-def _run_suite(model, variables, config) -> dict:
+def _run_suite(programs: Programs, variables, config) -> dict:
+  """The evaluation suite; with several processes each decodes its rows.
+
+  The suite's batches hold this process's rows of each global batch (see
+  `cgn_jax.data.imagenet.process_batches`); `apply_fn` puts them into the
+  global batch, runs the ensemble on every device and returns the outputs
+  of the whole global batch on every process.
+  """
   from cgn_jax.evaluation import suite  # pylint: disable=g-import-not-at-top
-  outputs = _jit_outputs(model)
-  apply_fn = lambda images: jax.device_get(outputs(variables, images))
+  rows = common.batch_sharding(programs.mesh)
+
+  def apply_fn(images):
+    out = programs.outputs(variables, distributed.global_batch(images, rows))
+    return distributed.to_host(out)
+
   data = {"imagenet_val": config.data.root,
           "counterfactual_val": config.data.counterfactuals,
           "shape_bias": config.eval.cue_conflict, "in9": config.eval.in9}
@@ -615,8 +702,18 @@ def _run_suite(model, variables, config) -> dict:
 # ----------------------------------------------------------------- driver --
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
+                       programs: Programs | None = None) -> dict:
   """Trains, validates after every epoch, writes WORKDIR/results.json.
+
+  Args:
+    config: a configs/classifier_imagenet.py config.
+    workdir: output and checkpoint directory (a rerun resumes).
+    programs: `build_programs(config, steps_per_epoch)` to reuse (same
+      configuration); by default built here.
+
+  Returns:
+    The results dict (also in results.json).
 
   Raises:
     FileNotFoundError: the pretrained backbone or the data are missing
@@ -626,7 +723,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # ---------------------------------------------------------------- setup
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = common.make_mesh()
   common.check_global_batch(config.batch_size)
   common.check_global_batch(config.eval_batch_size)
   cf_batch = int(config.cf_ratio * config.batch_size)
@@ -644,9 +740,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   num_steps = len(batches)
 
   # ------------------------------------------------------ model / restore
-  model = create_model(config)
-  tx = make_optimizer(config, spe)
-  rep = common.replicated(mesh)
+  if programs is None:
+    programs = build_programs(config, spe)
+  elif programs.key != programs_key(config, spe):
+    raise ValueError("the given Programs were built for another "
+                     "configuration; build them with build_programs(config, "
+                     "steps_per_epoch)")
+  model, tx, mesh = programs.model, programs.tx, programs.mesh
   # Only a checkpoint made with this config is resumed (provenance.json).
   common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),
                        overwrite=config.overwrite)
@@ -654,7 +754,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   resume = ckpt.latest_step() is not None
   if not resume:  # a missing backbone fails before any worker starts
     variables = initial_variables(config, model,
-                                  jax.random.PRNGKey(config.seed))
+                                  jax.random.PRNGKey(config.seed),
+                                  init=programs.init)
   it = make_train_iterator(batches, config.read_threads, config.prefetch,
                            config.worker_count)
   results = {"epochs": [], "best_acc1_real": None}
@@ -665,20 +766,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     results["epochs"] = list(results["epochs"] or [])
     origin = f"resumed at step {int(state.step)}"
   else:
-    state = jax.device_put(create_train_state(variables, tx), rep)
+    state = common.replicate(create_train_state(variables, tx), mesh)
     origin = ("pretrained backbone"
               if str(config.pretrained).lower() != "none" else "scratch")
   step = int(state.step)
-  step_fn = compiled_train_step(model, optimizer_key(config, spe))
+  step_fn = programs.train_step
   writer = common.MetricWriter(workdir)
   schedule = lr_schedule(config, spe)
   logging.info("%d steps of %d real + %d counterfactual images (%d/epoch); "
                "%d to go (%s)", num_steps, config.batch_size, cf_batch, spe,
                num_steps - step, origin)
   if not resume and config.eval.before_training:  # upstream's epoch 0
-    record = validate(model, {"params": state.params,
-                              "batch_stats": state.batch_stats}, sources,
-                      config, mesh)
+    record = validate(programs, {"params": state.params,
+                                 "batch_stats": state.batch_stats}, sources,
+                      config)
     results["before_training"] = record
     writer.write(0, record)
 
@@ -689,7 +790,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
-             disable=not config.progress_bar, desc="classifier")
+             disable=not (config.progress_bar
+                          and distributed.is_main_process()),
+             desc="classifier")
   t0, s0, first = time.time(), step, True
   try:
     with common.StopSignal() as stop:
@@ -711,8 +814,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           bar.set_postfix({k: f"{v:.3g}" for k, v in m.items()
                            if k.startswith("loss")})
         if step % spe == 0:
-          state = _end_epoch(state, step // spe, step, results, model,
-                             sources, config, mesh, writer, workdir,
+          state = _end_epoch(state, step // spe, step, results, programs,
+                             sources, config, writer, workdir,
                              float(schedule(step - 1)))
           save(step)
           common.write_json(workdir / "results.json", results)
@@ -732,7 +835,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   return results
 
 
-def _end_epoch(state, epoch, step, results, model, sources, config, mesh,
+def _end_epoch(state, epoch, step, results, programs, sources, config,
                writer, workdir, lr) -> TrainState:
   """Logs the epoch, validates, keeps the best variables; resets the sums."""
   record = {"epoch": epoch, "step": step, "lr": lr}
@@ -740,7 +843,7 @@ def _end_epoch(state, epoch, step, results, model, sources, config, mesh,
   common.check_finite(step, {k: v for k, v in record.items()
                              if k.startswith("train/loss")})
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  record.update(validate(model, variables, sources, config, mesh))
+  record.update(validate(programs, variables, sources, config))
   best = results["best_acc1_real"]
   acc = record.get("acc1/1_real")
   if acc is not None and (best is None or acc > best):
@@ -753,13 +856,15 @@ def _end_epoch(state, epoch, step, results, model, sources, config, mesh,
   logging.info("epoch %d: %s", epoch, ", ".join(
       f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",
                                                               "step")))
-  return state.replace(sums=jax.device_put(zero_sums(),
-                                           common.replicated(mesh)))
+  return state.replace(sums=common.replicate(zero_sums(), programs.mesh))
 
 
 def _save_best(directory, variables, epoch, acc) -> None:
   # The converters' format: `python -m cgn_jax.experiments.imagenet_eval
-  # --weights WORKDIR` and `resnet_weights.load_ensemble` read it.
+  # --weights WORKDIR` and `resnet_weights.load_ensemble` read it. Every
+  # process fetches the variables (a collective if any is sharded); process
+  # 0 writes them.
+  host = distributed.to_host(variables)
   weights.save_variables(
-      directory, jax.device_get(variables),
+      directory, host,
       {"model": resnet_weights.ENSEMBLE, "epoch": epoch, "acc1_real": acc})

@@ -159,9 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   for c, s, it in zip(configs, seeds, iterators):
     d = model_dir(workdir, s)
     d.mkdir(parents=True, exist_ok=True)
-    state = jax.device_put(
-        single.create_train_state(model, tx, jax.random.PRNGKey(s)),
-        common.replicated(mesh))
+    state = common.replicate(
+        single.create_train_state(model, tx, jax.random.PRNGKey(s)), mesh)
     common.guard_workdir(d, common.run_record(c, single.RESUMABLE_FIELDS,
                                               data=data),
                          overwrite=config.get("overwrite", False))
@@ -183,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         "seed_* directories that are behind or ahead, or rerun with "
         "--config.overwrite=True")
   step = steps_done[0]
-  state = jax.device_put(stack(states), common.replicated(mesh))
+  state = common.replicate(stack(states), mesh)
   del states
 
   steps_fn = make_steps(model, tx, mesh)
@@ -272,6 +271,6 @@ def _end_epoch(state, epoch, step, results, schedule, eval_fn, test, config,
   logging.info("epoch %d: test acc %s", epoch,
                [round(t["accuracy"], 4) for t in tests])
   zeros = lambda dtype: jnp.zeros((k,), dtype)
-  return jax.device_put(
+  return common.replicate(
       state.replace(correct=zeros(jnp.int32), seen=zeros(jnp.int32),
-                    loss_sum=zeros(jnp.float32)), common.replicated(mesh))
+                    loss_sum=zeros(jnp.float32)), mesh)
