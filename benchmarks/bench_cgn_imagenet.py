@@ -29,6 +29,9 @@ ACC = 4
 def _config(size: str, batch: int, dtype: str, acc: int):
   from configs import cgn_imagenet as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.get_config("smoke" if size == "smoke" else None)
+  # At 256², as the PyTorch baseline's smoke size (the :smoke config trains
+  # at 128²).
+  config.model.biggan = "biggan-deep-256"
   config.weights.biggan = config.weights.u2net = "random"
   config.weights.vgg16 = "random"
   config.model.dtype = dtype
