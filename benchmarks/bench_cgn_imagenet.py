@@ -12,7 +12,7 @@
 `:smoke` config (channel_width 4, U²-Netp); all weights random (same cost).
 Records carry `peak_bytes` (device peak memory after the run) where the
 backend reports it (GPUs). On CPU only batch 1 is practical. The functions
-timed are the trainer's own (`micro_step`, `compiled_update`).
+timed are the trainer's own (`micro_step`; `build_programs(...).update`).
 """
 
 import functools
@@ -47,16 +47,14 @@ def _peak(extra):
 
 def _setup(size: str, batch: int, dtype: str, acc: int, extra: dict):
   config = _config(size, batch, dtype, max(acc, 1))
-  model = trainer.create_model(config)
-  s = trainer.Static.from_config(config, model)
-  mesh = common.make_mesh()
-  vgg = jax.device_put(trainer.load_vgg("random"), common.replicated(mesh))
+  programs = trainer.build_programs(config)
+  mesh = programs.mesh
+  vgg = common.replicate(trainer.load_vgg("random"), mesh)
   state = trainer.state_from_variables(
-      trainer.load_variables(config, model), trainer.make_optimizer(config), 0)
-  sharding = trainer.state_sharding(state, mesh, False)
-  box = [jax.device_put(state, sharding)]
+      trainer.load_variables(config, programs.model), programs.tx, 0)
+  box = [trainer.place(state, programs.sharding)]
   if acc:
-    update = trainer.compiled_update(s, mesh, sharding)
+    update = programs.update
 
     def step():
       box[0], metrics = update(box[0], vgg)
@@ -64,6 +62,7 @@ def _setup(size: str, batch: int, dtype: str, acc: int, extra: dict):
       return metrics
     return step
 
+  s = programs.static
   micro = jax.jit(functools.partial(
       trainer.micro_step, s=s, batch_sharding=common.batch_sharding(mesh)))
   keys = iter(range(1 << 30))

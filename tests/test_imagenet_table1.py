@@ -9,7 +9,7 @@ from PIL import Image
 from cgn_jax.experiments import imagenet_table1
 from cgn_jax.experiments import inception_score as is_cli
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 
 
 def test_table1_smoke(tmp_path, capsys):

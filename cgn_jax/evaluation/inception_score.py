@@ -30,8 +30,7 @@ weights is not bit-identical to TF's graph, so scores from TF code differ by
 a few percent; compare like with like.
 """
 
-import functools
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -99,9 +98,12 @@ def preprocess(images: jax.Array) -> jax.Array:
                                 (INPUT_SIZE, INPUT_SIZE), align_corners=False)
 
 
-@functools.lru_cache(maxsize=8)
-def make_predict_fn(model: inception_lib.InceptionV3):
-  """A jitted (variables, images [-1, 1] NHWC) -> log p(y|x) [B, C]."""
+def make_predict_fn(model: inception_lib.InceptionV3) -> Callable:
+  """A jitted (variables, images [-1, 1] NHWC) -> log p(y|x) [B, C].
+
+  A new function per call (one compilation per batch shape): a caller that
+  scores several image sets builds it once and passes it along.
+  """
 
   @jax.jit
   def predict(variables, images):
@@ -120,7 +122,8 @@ def _padded(batch: np.ndarray, size: int) -> np.ndarray:
 
 def predict_log_probs(variables, batches: Iterable, *,
                       model: inception_lib.InceptionV3 | None = None,
-                      batch_size: int | None = None) -> np.ndarray:
+                      batch_size: int | None = None,
+                      predict: Callable | None = None) -> np.ndarray:
   """log p(y|x) for every image of `batches`.
 
   Args:
@@ -132,12 +135,13 @@ def predict_log_probs(variables, batches: Iterable, *,
     batch_size: the compiled batch (default: the first batch's size),
       rounded up to a multiple of the device count; the batch is sharded
       over all devices.
+    predict: `make_predict_fn(model)` to reuse (default: a new one).
 
   Returns:
     [N, C] float32 numpy.
   """
-  model = model or inception_lib.InceptionV3()
-  predict = make_predict_fn(model)
+  if predict is None:
+    predict = make_predict_fn(model or inception_lib.InceptionV3())
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
       "data"))

@@ -21,10 +21,10 @@ nothing.
 """
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +48,8 @@ def _x_gt(module, u, y, truncation):
   return module.biggan_gt(u, y, truncation, train=False)[0]
 
 
-@functools.lru_cache(maxsize=4)
-def _biggan_step(model, truncation: float):
+def make_biggan_step(model, truncation: float) -> Callable:
+  """Jitted (variables, key, indices [B]) -> uint8 BigGAN images (new)."""
   from cgn_jax.counterfactuals import imagenet  # pylint: disable=g-import-not-at-top
   from cgn_jax.data import records  # pylint: disable=g-import-not-at-top
 
@@ -65,9 +65,13 @@ def _biggan_step(model, truncation: float):
 
 
 def biggan_batches(model, variables, *, num: int, batch_size: int,
-                   seed: int, truncation: float):
-  """uint8 BigGAN images with generate.py's noise and (shape) classes."""
-  step = _biggan_step(model, float(truncation))
+                   seed: int, truncation: float,
+                   step: Callable | None = None):
+  """uint8 BigGAN images with generate.py's noise and (shape) classes.
+
+  `step`: `make_biggan_step(model, truncation)` to reuse (default: new).
+  """
+  step = step or make_biggan_step(model, float(truncation))
   key = jax.random.PRNGKey(seed)
   variables = jax.device_put(variables)  # once, not per call
   for s in range(0, num, batch_size):
@@ -76,12 +80,14 @@ def biggan_batches(model, variables, *, num: int, batch_size: int,
 
 
 def score_biggan(model, variables, inception_variables, *, num, splits,
-                 batch_size, seed, truncation) -> dict:
+                 batch_size, seed, truncation,
+                 predict: Callable | None = None) -> dict:
+  """IS of the BigGAN row; `predict` as `is_lib.predict_log_probs`'s."""
   log_probs = is_lib.predict_log_probs(
       inception_variables,
       biggan_batches(model, variables, num=num, batch_size=batch_size,
                      seed=seed, truncation=truncation),
-      batch_size=batch_size)
+      batch_size=batch_size, predict=predict)
   mean, std, _ = is_lib.inception_score(log_probs, splits)
   return {"is_mean": mean, "is_std": std, "num": num, "splits": splits}
 
@@ -109,22 +115,29 @@ def format_table(rows: dict) -> str:
 def run(cgn_specs: dict, inception_spec: str, *, num: int, splits: int,
         batch_size: int, seed: int, truncation: float,
         dtype: str = "float32") -> dict:
-  """Scores every given CGN (+ the BigGAN row from the full CGN)."""
+  """Scores every given CGN (+ the BigGAN row from the full CGN).
+
+  One Inception-v3 program serves every row (compiled once).
+  """
   from cgn_jax.counterfactuals import imagenet  # pylint: disable=g-import-not-at-top
   from cgn_jax.experiments import inception_score as is_cli  # pylint: disable=g-import-not-at-top
+  from cgn_jax.models import inception  # pylint: disable=g-import-not-at-top
   from cgn_jax.models import inception_weights  # pylint: disable=g-import-not-at-top
   inception_variables, _ = inception_weights.load(inception_spec)
+  predict = is_lib.make_predict_fn(inception.InceptionV3())
   rows = {}
   for key, spec in cgn_specs.items():
     model, variables, info = imagenet.load_cgn(spec, dtype)
     rows[key] = is_cli.score_cgn(
         model, variables, inception_variables, num=num, splits=splits,
-        batch_size=batch_size, seed=seed, truncation=truncation)
+        batch_size=batch_size, seed=seed, truncation=truncation,
+        predict=predict)
     rows[key]["cgn_sha256"] = info["sha256"]
     if key == "full":
       rows["biggan"] = score_biggan(
           model, variables, inception_variables, num=num, splits=splits,
-          batch_size=batch_size, seed=seed, truncation=truncation)
+          batch_size=batch_size, seed=seed, truncation=truncation,
+          predict=predict)
     print(f"{PUBLISHED[key][0]}: IS {rows[key]['is_mean']:.2f} ± "
           f"{rows[key]['is_std']:.2f}, µ_mask {rows[key]['mu_mask']:.3f}",
           flush=True)

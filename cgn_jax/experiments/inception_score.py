@@ -24,7 +24,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -101,15 +101,20 @@ def cgn_batches(model, variables, *, num: int, batch_size: int, seed: int,
 def score_cgn(cgn_model, cgn_variables, inception_variables, *, num: int,
               splits: int, batch_size: int = 50, seed: int = 0,
               mode: str = "random", classes=None,
-              truncation: float = 0.5) -> dict:
-  """IS and µ_mask of `num` counterfactuals of a CGN."""
+              truncation: float = 0.5,
+              predict: Callable | None = None) -> dict:
+  """IS and µ_mask of `num` counterfactuals of a CGN.
+
+  `predict`: `is_lib.make_predict_fn(...)`, built once by a caller that
+  scores several CGNs (default: a new one, one compilation).
+  """
   means: list = []
   log_probs = is_lib.predict_log_probs(
       inception_variables,
       cgn_batches(cgn_model, cgn_variables, num=num, batch_size=batch_size,
                   seed=seed, mode=mode, classes=classes,
                   truncation=truncation, mask_means=means),
-      batch_size=batch_size)
+      batch_size=batch_size, predict=predict)
   mean, std, scores = is_lib.inception_score(log_probs, splits)
   return {"is_mean": mean, "is_std": std, "is_splits": scores.tolist(),
           "num": int(len(log_probs)), "splits": splits,
@@ -117,11 +122,13 @@ def score_cgn(cgn_model, cgn_variables, inception_variables, *, num: int,
 
 
 def score_images(directory, inception_variables, *, num: int, splits: int,
-                 batch_size: int = 50) -> dict:
+                 batch_size: int = 50,
+                 predict: Callable | None = None) -> dict:
   """IS of a folder of images or of a generate.py dataset."""
   batches, n = image_batches(directory, num, batch_size)
   log_probs = is_lib.predict_log_probs(inception_variables, batches,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size,
+                                       predict=predict)
   mean, std, scores = is_lib.inception_score(log_probs, splits)
   return {"is_mean": mean, "is_std": std, "is_splits": scores.tolist(),
           "num": n, "splits": splits}

@@ -17,6 +17,17 @@ Randomness: update `s` uses `fold_in(state.rng, s)`, split into one key per
 micro-step, so the "data position" is the update counter and a resumed run
 is bitwise identical to an uninterrupted one on CPU.
 
+The jitted functions of a run (the update, the sheet sampler), its
+optimizer and the state's layout are built once, by `build_programs`, into a
+`Programs` object that a caller may pass to several runs of the same
+configuration (nothing is cached behind its back). VGG16 and the CGN's
+weights are data: each run loads its own.
+
+Several processes (jax.distributed): every process builds the same state
+and runs the same loop; the state is laid out across all of them and only
+process 0 writes config.json, metrics, sheets and results.json and shows
+the progress bar (checkpoints are written by all, through orbax).
+
 Deviations from upstream (SPEC §10): sample sheets are drawn in eval mode
 from a fixed noise as upstream, but never change the training state;
 metrics, sheets and checkpoints count updates, not forward passes.
@@ -24,6 +35,7 @@ metrics, sheets and checkpoints count updates, not forward passes.
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import time
@@ -37,6 +49,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from cgn_jax import distributed
+from cgn_jax import provenance
 from cgn_jax.losses import cgn_imagenet as losses_lib
 from cgn_jax.models import biggan as biggan_lib
 from cgn_jax.models import biggan_weights
@@ -115,25 +129,25 @@ def create_model(config) -> imagenet_cgn.ImageNetCGN:
       remat=bool(m.remat))
 
 
-@functools.lru_cache(maxsize=16)
-def _optimizer(lrs: tuple, b1: float, b2: float, eps: float):
-  # Cached: the transform is a static field of the state, and an unequal
-  # one per run would retrace the compiled update on resume.
-  transforms = {g: optax.adam(lr, b1=b1, b2=b2, eps=eps)
-                for g, lr in zip(("shape", "texture", "bg"), lrs)}
-  return optax.multi_transform(transforms, _labels)
-
-
 def _labels(params):
   return {k: jax.tree.map(lambda _, g=GROUPS[k]: g, v)
           for k, v in params.items()}
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam per mechanism (SPEC §4.5: 8e-6 shape, 3e-5 texture, 1e-5 bg)."""
+  """Adam per mechanism (SPEC §4.5: 8e-6 shape, 3e-5 texture, 1e-5 bg).
+
+  The transform is a static field of the train state: states made with two
+  different (unequal) transforms retrace the jitted update, so one run (or
+  one `Programs`) builds it once.
+  """
   lr, a = config.lr, config.adam
-  return _optimizer((float(lr.shape), float(lr.texture), float(lr.bg)),
-                    float(a.b1), float(a.b2), float(a.eps))
+  transforms = {
+      g: optax.adam(float(v), b1=float(a.b1), b2=float(a.b2),
+                    eps=float(a.eps))
+      for g, v in zip(("shape", "texture", "bg"),
+                      (lr.shape, lr.texture, lr.bg))}
+  return optax.multi_transform(transforms, _labels)
 
 
 def state_from_variables(variables, tx, seed: int) -> TrainState:
@@ -246,21 +260,48 @@ def state_sharding(state, mesh, shard_params: bool):
   return jax.tree.map(lambda x: _leaf_sharding(x, mesh, shard_params), state)
 
 
-_COMPILED: dict = {}
+def jit_update(s: Static, mesh, sharding) -> Callable:
+  """Jits `train_update` of one static configuration (a new function).
+
+  The state keeps its layout (`sharding`, a tree like the state) and is
+  donated: its buffers are reused for the new state.
+  """
+  rep = common.replicated(mesh)
+  fn = functools.partial(train_update, s=s,
+                         batch_sharding=common.batch_sharding(mesh))
+  return jax.jit(fn, in_shardings=(sharding, rep),
+                 out_shardings=(sharding, rep), donate_argnums=(0,))
 
 
-def compiled_update(s: Static, mesh, sharding) -> Callable:
-  """The jitted update for one static configuration (cached)."""
-  key = (s, mesh, jax.tree_util.tree_structure(sharding),
-         tuple(x.spec for x in jax.tree.leaves(sharding)))
-  if key not in _COMPILED:
-    rep = common.replicated(mesh)
-    fn = functools.partial(train_update, s=s,
-                           batch_sharding=common.batch_sharding(mesh))
-    _COMPILED[key] = jax.jit(fn, in_shardings=(sharding, rep),
-                             out_shardings=(sharding, rep),
-                             donate_argnums=(0,))
-  return _COMPILED[key]
+def abstract_state(model, tx, sharding_of=None) -> TrainState:
+  """The train state's shapes and dtypes (traced, nothing computed).
+
+  With `sharding_of` (abstract state -> sharding tree), the leaves carry
+  those shardings: a restore target.
+  """
+  abstract = jax.eval_shape(
+      lambda: state_from_variables(
+          jax.tree.map(jnp.zeros_like,
+                       imagenet_cgn.abstract_variables(model)), tx, 0))
+  if sharding_of is None:
+    return abstract
+  return jax.tree.map(
+      lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+      abstract, sharding_of(abstract))
+
+
+def place(tree, sharding):
+  """`tree` laid out as `sharding` (a tree like it), across processes.
+
+  `jax.device_put` to a sharding that spans processes fails in jax 0.10
+  (see `distributed.replicate`): with several processes the leaves go
+  through host memory into one jitted identity instead. Every process must
+  pass the same values. On one process this is that device_put.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.jit(lambda t: t, out_shardings=sharding)(
+      jax.tree.map(np.asarray, tree))
 
 
 # ----------------------------------------------------------------- weights --
@@ -342,11 +383,11 @@ def load_variables(config, model) -> dict:
   return jax.tree.map(jnp.asarray, imagenet_cgn.assemble(bg, u2))
 
 
-@functools.lru_cache(maxsize=2)
 def load_vgg(spec: str):
   """VGG16 {'params', 'frozen'} for the style losses; None for 'none'.
 
-  Cached: tests and benchmarks build several trainers per process.
+  Not cached: each run loads its own (about a second for 'random'), so a
+  `Programs` holds programs only, never weights.
   """
   if spec not in ("random", "none"):
     spec = _need_dir(spec, "weights.vgg16", _HOWTO["vgg16"])
@@ -360,24 +401,35 @@ def load_vgg(spec: str):
 # ---------------------------------------------------------------- samples --
 
 
-@functools.lru_cache(maxsize=8)
-def _sheet_fn(model, truncation: float):
+def make_sheet_fn(model, truncation: float, mesh) -> Callable:
+  """Jitted `(variables, u [N, z], labels [N]) -> outputs`, eval mode.
+
+  The outputs are replicated, so every process can read them.
+  """
   def sample(variables, u, labels):
-    return model.apply(variables, u, labels, truncation)  # eval mode
-  return jax.jit(sample)
+    return model.apply(variables, u, labels, truncation)
+  return jax.jit(sample, out_shardings=common.replicated(mesh))
 
 
-def save_sheet(path, state: TrainState, model, classes, u_fixed,
-               truncation: float) -> pathlib.Path:
+def save_sheet(path, state: TrainState, classes, u_fixed, *,
+               sheet_fn: Callable) -> pathlib.Path:
   """Upstream's class sheet: one row per class, SHEET_COLUMNS left to right.
 
   The mask is shown as is ([0, 1]); each row's other five images are
   min-max normalised together (torchvision make_grid(normalize=True)).
+  Every process computes it (the state spans them); process 0 writes it.
+
+  Args:
+    path: the PNG to write.
+    state: the train state.
+    classes: one class per row.
+    u_fixed: [1, z] noise (numpy), the same for every row.
+    sheet_fn: `make_sheet_fn(model, truncation, mesh)`, built once per run.
   """
-  labels = jnp.asarray(classes, jnp.int32)
-  u = jnp.broadcast_to(u_fixed, (len(classes), u_fixed.shape[-1]))
-  out = jax.device_get(_sheet_fn(model, truncation)(variables_of(state), u,
-                                                    labels))
+  labels = np.asarray(classes, np.int32)
+  u = np.broadcast_to(np.asarray(u_fixed, np.float32),
+                      (len(classes), u_fixed.shape[-1]))
+  out = distributed.to_host(sheet_fn(variables_of(state), u, labels))
   rows = []
   for i in range(len(classes)):
     imgs = np.stack([out[c][i] for c in SHEET_COLUMNS[1:]])
@@ -393,27 +445,93 @@ def save_sheet(path, state: TrainState, model, classes, u_fixed,
 # ----------------------------------------------------------------- driver --
 
 
-def _initial_state(config, model, tx, mesh, ckpt):
+# Config fields that change neither the jitted programs nor the state's
+# layout: loop length, logging, checkpoint cadence, which sheet rows.
+RESUMABLE_FIELDS = ("num_updates", "log_every", "save_every",
+                    "keep_checkpoints", "progress_bar", "sheet_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """Everything jitted for one configuration, built once (`build_programs`).
+
+  A run builds its own unless given one; tests and benchmarks that run the
+  same configuration several times in a process pass one `Programs` to all
+  of them, so the update is traced and compiled once. `key` records the
+  config it was built for; `train_and_evaluate` refuses another.
+  """
+  key: str
+  model: imagenet_cgn.ImageNetCGN
+  static: Static
+  mesh: Any
+  tx: optax.GradientTransformation
+  abstract: TrainState  # ShapeDtypeStructs with their shardings
+  sharding: TrainState  # the state's layout, a tree like it
+  update: Callable  # (state, vgg variables) -> (state, metrics)
+  sheet: Callable  # make_sheet_fn
+
+
+def programs_key(config) -> str:
+  """The config fields the programs depend on, as a JSON string.
+
+  The seed and the weights give only the initial values (VGG16 only
+  whether there is one: 'none' drops the style terms).
+  """
+  record = common.run_record(
+      config, RESUMABLE_FIELDS + ("seed", "weights"),
+      with_vgg=str(config.weights.vgg16) != "none")
+  return json.dumps(record, sort_keys=True)
+
+
+def check_programs(programs: Programs, config) -> None:
+  """Raises ValueError, naming the fields, unless built for `config`."""
+  if programs.key == programs_key(config):
+    return
+  built = provenance.flatten(json.loads(programs.key))
+  wanted = provenance.flatten(json.loads(programs_key(config)))
+  diff = [f"{k}: {json.dumps(built.get(k))} in the Programs, "
+          f"{json.dumps(wanted.get(k))} in the config"
+          for k in sorted(set(built) | set(wanted))
+          if built.get(k) != wanted.get(k)]
+  raise ValueError("the given Programs were built for another configuration "
+                   f"({'; '.join(diff)}); build them with "
+                   "build_programs(config)")
+
+
+def build_programs(config, *, mesh=None) -> Programs:
+  """Builds (does not compile yet) the jitted functions of `config`.
+
+  Traces the model's init abstractly (`jax.eval_shape`) for the state's
+  layout; compiles nothing.
+  """
+  model = create_model(config)
+  s = Static.from_config(config, model)
+  mesh = mesh if mesh is not None else common.make_mesh()
+  tx = make_optimizer(config)
+  shard = bool(config.shard_params)
+  abstract = abstract_state(
+      model, tx, lambda a: state_sharding(a, mesh, shard))
+  sharding = jax.tree.map(lambda x: x.sharding, abstract)
+  return Programs(
+      key=programs_key(config), model=model, static=s, mesh=mesh, tx=tx,
+      abstract=abstract, sharding=sharding,
+      update=jit_update(s, mesh, sharding),
+      sheet=make_sheet_fn(model, float(config.sheet_truncation), mesh))
+
+
+def _initial_state(config, programs: Programs, ckpt):
   """Resume order: the workdir's checkpoint, else the configured weights."""
-  abstract = jax.eval_shape(
-      lambda: state_from_variables(
-          jax.tree.map(jnp.zeros_like,
-                       imagenet_cgn.abstract_variables(model)), tx, 0))
-  sharding = state_sharding(abstract, mesh, bool(config.shard_params))
   if ckpt.latest_step() is not None:
-    target = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        abstract, sharding)
-    state, meta = ckpt.restore(target)
+    state, meta = ckpt.restore(programs.abstract)
     logging.info("resuming from update %d", int(meta["step"]))
-    return state, sharding, "checkpoint"
-  variables = load_variables(config, model)
-  state = state_from_variables(variables, tx, config.seed)
-  return jax.device_put(state, sharding), sharding, "weights"
+    return state, "checkpoint"
+  variables = load_variables(config, programs.model)
+  state = state_from_variables(variables, programs.tx, config.seed)
+  return place(state, programs.sharding), "weights"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       programs: Programs | None = None) -> TrainState:
   """Trains the ImageNet CGN of `config`, resuming from `workdir` if possible.
 
   Writes WORKDIR/metrics.jsonl (every `log_every` updates: each loss, the
@@ -421,60 +539,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start, every `save_every` updates and at the end), WORKDIR/checkpoints/
   (every `save_every`, at the end and on SIGTERM), WORKDIR/results.json.
 
+  Args:
+    config: a configs/cgn_imagenet.py config.
+    workdir: output and checkpoint directory.
+    programs: `build_programs(config)` to reuse (same configuration); by
+      default built here.
+
+  Returns:
+    The final train state.
+
   Raises:
     FileNotFoundError: a weights directory is missing (the message says how
       to convert it).
-    ValueError: truncation outside (0, 1], or a bad config value.
+    ValueError: truncation outside (0, 1], a bad config value, or
+      `programs` built for another configuration.
     common.NonFiniteLossError: a loss became NaN/Inf (the update is named).
   """
   # ---------------------------------------------------------------- setup
   workdir = pathlib.Path(workdir)
-  model = create_model(config)
-  s = Static.from_config(config, model)  # checks truncation first
+  if programs is not None:
+    check_programs(programs, config)
+  # Config errors and missing weights fail before anything is built.
+  s = Static.from_config(config, create_model(config))
   common.check_global_batch(s.batch_size)
-  ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  check_weight_paths(config, resuming=ckpt.latest_step() is not None)
+  check_weight_paths(config, resuming=common.has_checkpoint(workdir))
   vgg_variables = load_vgg(str(config.weights.vgg16))
-  mesh = common.make_mesh()
+  if programs is None:
+    programs = build_programs(config)
+  model, mesh = programs.model, programs.mesh
+  if vgg_variables is not None:
+    vgg_variables = common.replicate(vgg_variables, mesh)
   common.write_json(workdir / "config.json", config.to_dict())
-  tx = make_optimizer(config)
 
   # ------------------------------------------------------ state / restore
-  state, sharding, origin = _initial_state(config, model, tx, mesh, ckpt)
-  if vgg_variables is not None:
-    vgg_variables = jax.device_put(vgg_variables, common.replicated(mesh))
-  update_fn = compiled_update(s, mesh, sharding)
-  step, num = int(state.step), int(config.num_updates)
-  sheet_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**6)
-  u_fixed = imagenet_cgn.sample_noise(sheet_key, 1, config.sheet_truncation,
-                                      model.z_dim)
+  ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   writer = common.MetricWriter(workdir)
-  per_update = s.batch_size * s.batch_acc
-  logging.info("ImageNet CGN: %d of %d updates to go (%s), %d x %d samples "
-               "per update on %d devices", num - step, num, origin,
-               s.batch_size, s.batch_acc, jax.device_count())
-
-  def sheet(at):
-    if not config.sheet_classes:  # () turns sheets off
-      return
-    save_sheet(workdir / "samples" / f"sheet_{at:07d}.png", state, model,
-               tuple(config.sheet_classes), u_fixed,
-               float(config.sheet_truncation))
-
-  if origin == "weights" and config.save_every > 0:
-    sheet(step)  # upstream also saves before the first update (i = 0)
-
-  # ----------------------------------------------------------------- loop
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=num, initial=step, unit="update", dynamic_ncols=True,
-             disable=not config.progress_bar)
-  start, last, first = time.time(), None, True
+  bar = None
   try:
+    state, origin = _initial_state(config, programs, ckpt)
+    step, num = int(state.step), int(config.num_updates)
+    sheet_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**6)
+    u_fixed = np.asarray(imagenet_cgn.sample_noise(
+        sheet_key, 1, config.sheet_truncation, model.z_dim))
+    per_update = s.batch_size * s.batch_acc
+    logging.info("ImageNet CGN: %d of %d updates to go (%s), %d x %d "
+                 "samples per update on %d devices", num - step, num, origin,
+                 s.batch_size, s.batch_acc, jax.device_count())
+
+    def sheet(at):
+      if not config.sheet_classes:  # () turns sheets off
+        return
+      save_sheet(workdir / "samples" / f"sheet_{at:07d}.png", state,
+                 tuple(config.sheet_classes), u_fixed, sheet_fn=programs.sheet)
+
+    if origin == "weights" and config.save_every > 0:
+      sheet(step)  # upstream also saves before the first update (i = 0)
+
+    # --------------------------------------------------------------- loop
+    bar = tqdm(total=num, initial=step, unit="update", dynamic_ncols=True,
+               disable=not config.progress_bar
+               or not distributed.is_main_process())
+    start, last, first = time.time(), None, True
     with common.StopSignal() as stop:
       while step < num:
         t0 = time.time()
-        state, metrics = update_fn(state, vgg_variables)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        state, metrics = programs.update(state, vgg_variables)
+        metrics = {k: float(v)
+                   for k, v in distributed.to_host(metrics).items()}
         step += 1
         bar.update(1)
         common.check_finite(step, metrics, ckpt.directory)
@@ -498,8 +630,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           "saved)", step)
           return state
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
     ckpt.close()
+    writer.close()
 
   # --------------------------------------------------------------- finish
   common.write_json(workdir / "results.json", {
