@@ -88,6 +88,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.accumulate = "sum"  # 'sum' (upstream) or 'mean'
   c.class_per = "batch"  # 'batch' (upstream) or 'sample'
   c.shard_params = False  # shard the BigGANs' parameters over the mesh
+  # How the micro-steps of an update run: 'scan' (one lax.scan in one
+  # program), 'host' (a jitted micro-step per accumulation step; XLA:CPU
+  # runs convolutions inside loops far slower) or 'auto' (host on CPU).
+  c.accumulation_loop = "auto"
 
   c.lr = ml_collections.ConfigDict(dict(shape=8e-6, texture=3e-5, bg=1e-5))
   c.adam = ml_collections.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8))

@@ -214,25 +214,23 @@ def micro_step(state: TrainState, spectral, key, vgg_variables, *,
   return grads, metrics, spectral
 
 
-def train_update(state: TrainState, vgg_variables, *, s: Static,
-                 batch_sharding=None):
-  """One update: `batch_acc` micro-steps, then one Adam step. Pure; jit it.
+def micro_keys(state: TrainState, batch_acc: int) -> jax.Array:
+  """The update's `batch_acc` micro-step keys: the data position is the step."""
+  return jax.random.split(jax.random.fold_in(state.rng, state.step),
+                          batch_acc)
 
-  Returns:
-    (new state, metrics averaged over the micro-steps).
-  """
-  keys = jax.random.split(jax.random.fold_in(state.rng, state.step),
-                          s.batch_acc)
 
-  def micro(carry, key):
-    grads, spectral = carry
-    g, metrics, spectral = micro_step(state, spectral, key, vgg_variables,
-                                      s=s, batch_sharding=batch_sharding)
-    return (jax.tree.map(jnp.add, grads, g), spectral), metrics
+def accumulate_micro_step(state: TrainState, grads, spectral, key,
+                          vgg_variables, *, s: Static, batch_sharding=None):
+  """`micro_step`, its gradient added to `grads`: (grads, spectral, metrics)."""
+  g, metrics, spectral = micro_step(state, spectral, key, vgg_variables, s=s,
+                                    batch_sharding=batch_sharding)
+  return jax.tree.map(jnp.add, grads, g), spectral, metrics
 
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
-  (grads, spectral), metrics = jax.lax.scan(micro, (zeros, state.spectral),
-                                            keys)
+
+def apply_gradients(state: TrainState, grads, spectral, metrics, *,
+                    s: Static):
+  """The Adam step on the accumulated `grads`; metrics [batch_acc] averaged."""
   if s.accumulate == "mean":
     grads = jax.tree.map(lambda g: g / s.batch_acc, grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -241,6 +239,24 @@ def train_update(state: TrainState, vgg_variables, *, s: Static,
                             spectral=spectral, opt_state=opt_state)
   return new_state, jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)),
                                  metrics)
+
+
+def train_update(state: TrainState, vgg_variables, *, s: Static,
+                 batch_sharding=None):
+  """One update: `batch_acc` micro-steps, then one Adam step. Pure; jit it.
+
+  Returns:
+    (new state, metrics averaged over the micro-steps).
+  """
+  def micro(carry, key):
+    grads, spectral, metrics = accumulate_micro_step(
+        state, *carry, key, vgg_variables, s=s, batch_sharding=batch_sharding)
+    return (grads, spectral), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, spectral), metrics = jax.lax.scan(
+      micro, (zeros, state.spectral), micro_keys(state, s.batch_acc))
+  return apply_gradients(state, grads, spectral, metrics, s=s)
 
 
 def _leaf_sharding(x, mesh, shard: bool):
@@ -260,17 +276,60 @@ def state_sharding(state, mesh, shard_params: bool):
   return jax.tree.map(lambda x: _leaf_sharding(x, mesh, shard_params), state)
 
 
-def jit_update(s: Static, mesh, sharding) -> Callable:
-  """Jits `train_update` of one static configuration (a new function).
+def jit_update(s: Static, mesh, sharding, loop: str = "scan") -> Callable:
+  """`train_update` of one static configuration, jitted (a new function).
 
   The state keeps its layout (`sharding`, a tree like the state) and is
   donated: its buffers are reused for the new state.
+
+  Args:
+    s: the static configuration.
+    mesh: the data mesh.
+    sharding: the state's layout.
+    loop: 'scan' runs the micro-steps as one `lax.scan` inside one program
+      (accelerators); 'host' runs one jitted micro-step per accumulation
+      step from Python, then the jitted Adam step: the same arithmetic in
+      the same order, for XLA:CPU, which runs convolutions inside loops far
+      slower (the full-size BigGAN-deep gradient ~57x).
   """
   rep = common.replicated(mesh)
-  fn = functools.partial(train_update, s=s,
-                         batch_sharding=common.batch_sharding(mesh))
-  return jax.jit(fn, in_shardings=(sharding, rep),
-                 out_shardings=(sharding, rep), donate_argnums=(0,))
+  batch = common.batch_sharding(mesh)
+  if loop == "scan":
+    fn = functools.partial(train_update, s=s, batch_sharding=batch)
+    return jax.jit(fn, in_shardings=(sharding, rep),
+                   out_shardings=(sharding, rep), donate_argnums=(0,))
+  if loop != "host":
+    raise ValueError(f"accumulation_loop must be 'auto', 'scan' or 'host', "
+                     f"got {loop!r}")
+  keys_fn = jax.jit(functools.partial(micro_keys, batch_acc=s.batch_acc),
+                    out_shardings=rep)
+  zeros_fn = jax.jit(lambda st: jax.tree.map(jnp.zeros_like, st.params),
+                     out_shardings=sharding.params)
+  micro = jax.jit(
+      functools.partial(accumulate_micro_step, s=s, batch_sharding=batch),
+      out_shardings=(sharding.params, sharding.spectral, rep),
+      donate_argnums=(1,))
+  finish = jax.jit(functools.partial(apply_gradients, s=s),
+                   out_shardings=(sharding, rep), donate_argnums=(0,))
+
+  def update(state, vgg_variables):
+    keys, grads, spectral, metrics = keys_fn(state), zeros_fn(state), None, []
+    for i in range(s.batch_acc):
+      grads, spectral, m = micro(
+          state, grads, state.spectral if spectral is None else spectral,
+          keys[i], vgg_variables)
+      metrics.append(m)
+    metrics = jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+    return finish(state, grads, spectral, metrics)
+  return update
+
+
+def accumulation_loop(config) -> str:
+  """config.accumulation_loop, with 'auto' resolved for this backend."""
+  loop = str(config.accumulation_loop)
+  if loop == "auto":
+    return "host" if jax.default_backend() == "cpu" else "scan"
+  return loop
 
 
 def abstract_state(model, tx, sharding_of=None) -> TrainState:
@@ -515,7 +574,7 @@ def build_programs(config, *, mesh=None) -> Programs:
   return Programs(
       key=programs_key(config), model=model, static=s, mesh=mesh, tx=tx,
       abstract=abstract, sharding=sharding,
-      update=jit_update(s, mesh, sharding),
+      update=jit_update(s, mesh, sharding, accumulation_loop(config)),
       sheet=make_sheet_fn(model, float(config.sheet_truncation), mesh))
 
 
