@@ -104,6 +104,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.save_every = 10  # sample sheet and checkpoint
   c.keep_checkpoints = 2
   c.progress_bar = True
+  # Resuming WORKDIR with another config is refused (the fields are named);
+  # True deletes that run's checkpoints and logs and starts over.
+  c.overwrite = False
   c.sheet_classes = SHEET_CLASSES
   c.sheet_truncation = 1.0  # upstream draws its fixed noise at TRUNCATION
 

@@ -161,6 +161,16 @@ def test_programs_of_another_config_are_refused(runs, tmp_path):
   trainer.check_programs(programs, _config(num_updates=7, seed=3))
 
 
+def test_resuming_with_another_config_is_refused(runs):
+  from cgn_jax import provenance  # pylint: disable=g-import-not-at-top
+  other = _config(num_updates=3)
+  other.lr.texture = 1e-4
+  with pytest.raises(provenance.ProvenanceMismatch,
+                     match=r"lr\.texture.*overwrite=True"):
+    trainer.train_and_evaluate(other, runs["workdir"])
+  assert (runs["workdir"] / "checkpoints" / "2").is_dir()  # nothing lost
+
+
 def test_sheets_at_the_start_every_save_and_the_end(runs):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   sheets = sorted((runs["workdir"] / "samples").glob("*.png"))

@@ -507,7 +507,8 @@ def save_sheet(path, state: TrainState, classes, u_fixed, *,
 # Config fields that change neither the jitted programs nor the state's
 # layout: loop length, logging, checkpoint cadence, which sheet rows.
 RESUMABLE_FIELDS = ("num_updates", "log_every", "save_every",
-                    "keep_checkpoints", "progress_bar", "sheet_classes")
+                    "keep_checkpoints", "progress_bar", "sheet_classes",
+                    "overwrite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -631,6 +632,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   common.write_json(workdir / "config.json", config.to_dict())
 
   # ------------------------------------------------------ state / restore
+  # A checkpoint made with another config is refused (or, with overwrite,
+  # deleted) before it is opened.
+  common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),
+                       overwrite=bool(config.overwrite))
   ckpt = common.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   writer = common.MetricWriter(workdir)
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
