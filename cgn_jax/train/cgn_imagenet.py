@@ -50,7 +50,6 @@ import numpy as np
 import optax
 
 from cgn_jax import distributed
-from cgn_jax import provenance
 from cgn_jax.losses import cgn_imagenet as losses_lib
 from cgn_jax.models import biggan as biggan_lib
 from cgn_jax.models import biggan_weights
@@ -545,17 +544,8 @@ def programs_key(config) -> str:
 
 def check_programs(programs: Programs, config) -> None:
   """Raises ValueError, naming the fields, unless built for `config`."""
-  if programs.key == programs_key(config):
-    return
-  built = provenance.flatten(json.loads(programs.key))
-  wanted = provenance.flatten(json.loads(programs_key(config)))
-  diff = [f"{k}: {json.dumps(built.get(k))} in the Programs, "
-          f"{json.dumps(wanted.get(k))} in the config"
-          for k in sorted(set(built) | set(wanted))
-          if built.get(k) != wanted.get(k)]
-  raise ValueError("the given Programs were built for another configuration "
-                   f"({'; '.join(diff)}); build them with "
-                   "build_programs(config)")
+  common.check_programs_key(programs.key, programs_key(config),
+                            "build_programs(config)")
 
 
 def build_programs(config, *, mesh=None) -> Programs:

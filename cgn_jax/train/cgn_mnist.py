@@ -634,9 +634,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with_vgg = vgg_variables is not None
   if programs is None:
     programs = build_programs(config, with_vgg=with_vgg)
-  elif programs.key != programs_key(config, with_vgg):
-    raise ValueError("the given Programs were built for another "
-                     "configuration; build them with build_programs(config)")
+  else:
+    common.check_programs_key(programs.key, programs_key(config, with_vgg),
+                              "build_programs(config)")
   models, mesh = programs.models, programs.mesh
   if vgg_variables is not None and models.vgg is not None:
     vgg_variables = common.replicate(vgg_variables, mesh)

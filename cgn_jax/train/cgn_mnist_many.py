@@ -111,9 +111,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   with_vgg = vgg_variables is not None
   if programs is None:
     programs = single.build_programs(configs[0], with_vgg=with_vgg)
-  elif programs.key != single.programs_key(configs[0], with_vgg):
-    raise ValueError("the given Programs were built for another "
-                     "configuration; build them with build_programs(config)")
+  else:
+    common.check_programs_key(
+        programs.key, single.programs_key(configs[0], with_vgg),
+        "build_programs(config)")
   mesh = programs.mesh
   vgg_variables = (common.replicate(vgg_variables, mesh)
                    if programs.models.vgg is not None else None)

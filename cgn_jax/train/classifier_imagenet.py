@@ -742,10 +742,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   # ------------------------------------------------------ model / restore
   if programs is None:
     programs = build_programs(config, spe)
-  elif programs.key != programs_key(config, spe):
-    raise ValueError("the given Programs were built for another "
-                     "configuration; build them with build_programs(config, "
-                     "steps_per_epoch)")
+  else:
+    common.check_programs_key(programs.key, programs_key(config, spe),
+                              "build_programs(config, steps_per_epoch)")
   model, tx, mesh = programs.model, programs.tx, programs.mesh
   # Only a checkpoint made with this config is resumed (provenance.json).
   common.guard_workdir(workdir, common.run_record(config, RESUMABLE_FIELDS),

@@ -313,6 +313,28 @@ def guard_workdir(workdir, record: Mapping[str, Any], *,
   distributed.sync("cgn_jax.guard_workdir")
 
 
+def check_programs_key(built: str, wanted: str, build: str) -> None:
+  """Refuses jitted programs built for another config, naming the fields.
+
+  Args:
+    built: the JSON key the programs were built with.
+    wanted: the JSON key of the config now asked for.
+    build: how to build the right ones (shown in the error).
+
+  Raises:
+    ValueError: the keys differ (each differing field with both values).
+  """
+  if built == wanted:
+    return
+  a, b = provenance.flatten(json.loads(built)), provenance.flatten(
+      json.loads(wanted))
+  diff = [f"{k}: {json.dumps(a.get(k))} in the Programs, "
+          f"{json.dumps(b.get(k))} in the config"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  raise ValueError("the given Programs were built for another configuration "
+                   f"({'; '.join(diff)}); build them with {build}")
+
+
 # ----------------------------------------------------------------- signals --
 
 
