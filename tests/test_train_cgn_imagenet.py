@@ -124,8 +124,13 @@ def test_resume_is_bitwise_and_update_traced_once(runs):
 
 
 def test_scan_and_host_loops_make_the_same_update(runs):
-  """The accelerator path (one lax.scan) against the CPU path (host loop)."""
+  """The accelerator path (one lax.scan) against the CPU path (host loop).
+
+  The scan side also rematerialises (`model.remat`), which changes memory,
+  not arithmetic: one compile checks both.
+  """
   config = _config(accumulation_loop="scan")
+  config.model.remat = True
   programs = trainer.build_programs(config)
   assert trainer.accumulation_loop(runs["config"]) == "host"  # on CPU
   vgg = common.replicate(trainer.load_vgg(config.weights.vgg16),
@@ -223,3 +228,4 @@ def test_config_schedules_and_ablations():
     changed = {k for k in base if lam[k] != base[k]}
     assert changed == keys, arg
     assert all(not any(np.atleast_1d(lam[k])) for k in keys), arg
+
