@@ -300,25 +300,33 @@ def jit_update(s: Static, mesh, sharding, loop: str = "scan") -> Callable:
   if loop != "host":
     raise ValueError(f"accumulation_loop must be 'auto', 'scan' or 'host', "
                      f"got {loop!r}")
-  keys_fn = jax.jit(functools.partial(micro_keys, batch_acc=s.batch_acc),
-                    out_shardings=rep)
-  zeros_fn = jax.jit(lambda st: jax.tree.map(jnp.zeros_like, st.params),
-                     out_shardings=sharding.params)
-  micro = jax.jit(
-      functools.partial(accumulate_micro_step, s=s, batch_sharding=batch),
-      out_shardings=(sharding.params, sharding.spectral, rep),
-      donate_argnums=(1,))
-  finish = jax.jit(functools.partial(apply_gradients, s=s),
-                   out_shardings=(sharding, rep), donate_argnums=(0,))
+  # Every value stays a device array inside jitted functions (the micro-step
+  # index too): eager ops on arrays that span processes are not allowed.
+  start = jax.jit(lambda st: (jax.tree.map(jnp.zeros_like, st.params),
+                              jnp.zeros((), jnp.int32)),
+                  out_shardings=(sharding.params, rep))
+
+  step = functools.partial(accumulate_micro_step, s=s, batch_sharding=batch)
+
+  def micro_i(state, grads, spectral, i, vgg_variables):
+    key = micro_keys(state, s.batch_acc)[i]
+    grads, spectral, metrics = step(state, grads, spectral, key,
+                                    vgg_variables)
+    return grads, spectral, i + 1, metrics
+
+  micro = jax.jit(micro_i, out_shardings=(sharding.params, sharding.spectral,
+                                          rep, rep), donate_argnums=(1,))
+  finish = jax.jit(
+      lambda state, grads, spectral, metrics: apply_gradients(
+          state, grads, spectral,
+          jax.tree.map(lambda *ms: jnp.stack(ms), *metrics), s=s),
+      out_shardings=(sharding, rep), donate_argnums=(0,))
 
   def update(state, vgg_variables):
-    keys, grads, spectral, metrics = keys_fn(state), zeros_fn(state), None, []
-    for i in range(s.batch_acc):
-      grads, spectral, m = micro(
-          state, grads, state.spectral if spectral is None else spectral,
-          keys[i], vgg_variables)
+    (grads, i), spectral, metrics = start(state), state.spectral, []
+    for _ in range(s.batch_acc):
+      grads, spectral, i, m = micro(state, grads, spectral, i, vgg_variables)
       metrics.append(m)
-    metrics = jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
     return finish(state, grads, spectral, metrics)
   return update
 
