@@ -9,19 +9,6 @@ from cgn_jax.models import cgn as cgn_lib
 METHODS = ("foreground", "background", "shape")
 
 
-@pytest.fixture(scope="module")
-def model_and_variables():
-  model = cgn_lib.CGN(ngf=8)  # narrow: the same code paths, cheaper
-  variables = jax.jit(lambda k: cgn_lib.init_variables(model, k))(
-      jax.random.PRNGKey(0))
-  # Non-trivial running statistics, so that BatchNorm folding is exercised.
-  keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
-  variables["batch_stats"] = jax.tree.map(
-      lambda a: a + 2 * jax.random.uniform(next(keys), a.shape),
-      variables["batch_stats"])
-  return model, variables
-
-
 def test_folded_form_matches_the_module_in_eval_mode(model_and_variables):
   model, v = model_and_variables
   folded = model.clone(folded=True)

@@ -56,7 +56,6 @@ import contextlib
 import dataclasses
 import importlib
 import pkgutil
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -115,15 +114,11 @@ def rel_err(got, want) -> float:
 
 
 @pytest.fixture(scope="module")
-def vgg_state_dict(shared_dir):
+def vgg_state_dict(formula_weights):
   """torchvision VGG16 `features` with formula weights (seed 1602)."""
-  spec = importlib.util.spec_from_file_location(
-      "formula_weights", shared_dir / "reference" / "formula_weights.py")
-  fw = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(fw)
   shapes = [(k, tuple(v.shape))
             for k, v in tb.vgg16_features().state_dict().items()]
-  return fw.formula_weights(shapes, VGG_SEED)
+  return formula_weights(shapes, VGG_SEED)
 
 
 def load_golden(shared_dir, config):

@@ -21,19 +21,6 @@ CFS = 3
 SHAPES = 200  # two permutation groups of 100
 
 
-@pytest.fixture(scope="module")
-def model_and_variables():
-  model = cgn_lib.CGN(ngf=8)  # narrow: the same code paths, cheaper
-  variables = jax.jit(lambda k: cgn_lib.init_variables(model, k))(
-      jax.random.PRNGKey(0))
-  # Non-trivial running statistics, so that BatchNorm folding is exercised.
-  keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
-  variables["batch_stats"] = jax.tree.map(
-      lambda a: a + 2 * jax.random.uniform(next(keys), a.shape),
-      variables["batch_stats"])
-  return model, variables
-
-
 def _constant_textures(variables):
   """Variables whose foreground is +1 and background -1 everywhere.
 

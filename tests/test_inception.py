@@ -7,7 +7,6 @@ its state-dict order, which `classifiers_config.json` lists; the flat state
 dict is rebuilt here from that list without torchvision.
 """
 
-import importlib.util
 import json
 
 import jax
@@ -22,20 +21,12 @@ from converters import inception_v3 as conv_inception
 pytestmark = pytest.mark.shared
 
 
-def _formula_weights(shared_dir):
-  spec = importlib.util.spec_from_file_location(
-      "formula_weights", shared_dir / "reference" / "formula_weights.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.formula_weights
-
-
 @pytest.fixture(scope="module")
-def golden(shared_dir):
+def golden(shared_dir, formula_weights):
   ref = shared_dir / "reference" / "classifiers"
   with open(ref / "classifiers_config.json") as f:
     config = json.load(f)
-  state_dict = _formula_weights(shared_dir)(
+  state_dict = formula_weights(
       config["inception_v3_state_keys"], config["inception_seed"])
   data = np.load(ref / "classifiers_golden.npz")
   return (state_dict, data["inception/input_299"], data["inception/logits"])

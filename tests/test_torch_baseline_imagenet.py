@@ -7,7 +7,6 @@ reproduce the golden's outputs and its six loss values (the texture windows
 injected), so the timed code is the code upstream runs.
 """
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -26,16 +25,12 @@ def _two_threads():
   torch.set_num_threads(n)
 
 
-def _perceptual(style, shared_dir):
-  spec = importlib.util.spec_from_file_location(
-      "formula_weights", shared_dir / "reference" / "formula_weights.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+def _perceptual(style, formula_weights):
   loss = tbi.tb.PerceptualLoss(style_wgts=style)
   shapes = [(k, tuple(v.shape)) for k, v in loss.m_feat.state_dict().items()]
   loss.m_feat.load_state_dict({
-      k: torch.from_numpy(v) for k, v in mod.formula_weights(shapes,
-                                                             1602).items()})
+      k: torch.from_numpy(v) for k, v in formula_weights(shapes,
+                                                         1602).items()})
   return loss
 
 
@@ -48,14 +43,14 @@ def _small_cgn(d, batch, truncation):
   return cgn
 
 
-def test_reproduces_the_golden_iteration(shared_dir):
+def test_reproduces_the_golden_iteration(shared_dir, formula_weights):
   d = shared_dir / "reference" / "cgn_imagenet"
   g = np.load(d / "golden.npz")
   cgn = _small_cgn(d, 2, 1.0)
   cgn.train()
   text = tbi.PercLossText(style_wgts=tbi.LAMBDA["TEXT"])
-  text.loss = _perceptual(tbi.LAMBDA["TEXT"], shared_dir)
-  perc = _perceptual(tbi.LAMBDA["PERC"], shared_dir)
+  text.loss = _perceptual(tbi.LAMBDA["TEXT"], formula_weights)
+  perc = _perceptual(tbi.LAMBDA["PERC"], formula_weights)
   y = torch.nn.functional.one_hot(torch.full((2,), int(g["y"])), 1000)
   with torch.no_grad():
     x_gt, mask, premask, fg, bg, bg_mask = cgn(

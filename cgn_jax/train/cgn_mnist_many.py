@@ -83,14 +83,6 @@ def export_generator(directory, state, config) -> pathlib.Path:
   return pathlib.Path(directory)
 
 
-def _check_seeds(seeds) -> tuple[int, ...]:
-  seeds = tuple(int(s) for s in seeds)
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"config.seeds must be distinct seeds, got {seeds}; "
-                     "e.g. --config.seeds='(0, 1, 2)'")
-  return seeds
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                        programs: single.Programs | None = None):
   """Trains K = len(config.seeds) CGNs together; returns the K states.
@@ -103,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  seeds = _check_seeds(config.seeds)
+  seeds = common.check_seeds(config.seeds)
   n_models = len(seeds)
   configs = [model_config(config, s) for s in seeds]
   common.check_global_batch(config.batch_size)

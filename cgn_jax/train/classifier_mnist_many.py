@@ -112,14 +112,6 @@ def summarize(per_seed: dict[int, dict]) -> dict:
   return out
 
 
-def _check_seeds(seeds) -> tuple[int, ...]:
-  seeds = tuple(int(s) for s in seeds)
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"config.seeds must be distinct seeds, got {seeds}; "
-                     "e.g. --config.seeds='(0, 1, 2)'")
-  return seeds
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains K = len(config.seeds) classifiers together; returns the summary.
 
@@ -128,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     summary is also DIR/results.json).
   """
   workdir = pathlib.Path(workdir)
-  seeds = _check_seeds(config.seeds)
+  seeds = common.check_seeds(config.seeds)
   k_models = len(seeds)
   configs = [model_config(config, s) for s in seeds]
   mesh = common.make_mesh()

@@ -431,6 +431,15 @@ def unstack_tree(tree, k: int):
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
 
 
+def check_seeds(seeds) -> tuple[int, ...]:
+  """config.seeds of a many-model run as distinct ints, or a clear error."""
+  seeds = tuple(int(s) for s in seeds)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"config.seeds must be distinct seeds, got {seeds}; "
+                     "e.g. --config.seeds='(0, 1, 2)'")
+  return seeds
+
+
 def seed_config(config, seed: int, trainer: str, drop=("seeds",)):
   """The single-model config of one seed in a many-model run.
 
