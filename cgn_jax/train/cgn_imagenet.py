@@ -302,15 +302,15 @@ def jit_update(s: Static, mesh, sharding, loop: str = "scan") -> Callable:
                      f"got {loop!r}")
   # Every value stays a device array inside jitted functions (the micro-step
   # index too): eager ops on arrays that span processes are not allowed.
+  # The keys are split once per update, as the scan does.
   start = jax.jit(lambda st: (jax.tree.map(jnp.zeros_like, st.params),
+                              micro_keys(st, s.batch_acc),
                               jnp.zeros((), jnp.int32)),
-                  out_shardings=(sharding.params, rep))
-
+                  out_shardings=(sharding.params, rep, rep))
   step = functools.partial(accumulate_micro_step, s=s, batch_sharding=batch)
 
-  def micro_i(state, grads, spectral, i, vgg_variables):
-    key = micro_keys(state, s.batch_acc)[i]
-    grads, spectral, metrics = step(state, grads, spectral, key,
+  def micro_i(state, grads, spectral, keys, i, vgg_variables):
+    grads, spectral, metrics = step(state, grads, spectral, keys[i],
                                     vgg_variables)
     return grads, spectral, i + 1, metrics
 
@@ -323,9 +323,10 @@ def jit_update(s: Static, mesh, sharding, loop: str = "scan") -> Callable:
       out_shardings=(sharding, rep), donate_argnums=(0,))
 
   def update(state, vgg_variables):
-    (grads, i), spectral, metrics = start(state), state.spectral, []
+    (grads, keys, i), spectral, metrics = start(state), state.spectral, []
     for _ in range(s.batch_acc):
-      grads, spectral, i, m = micro(state, grads, spectral, i, vgg_variables)
+      grads, spectral, i, m = micro(state, grads, spectral, keys, i,
+                                    vgg_variables)
       metrics.append(m)
     return finish(state, grads, spectral, metrics)
   return update
